@@ -1,0 +1,234 @@
+"""The local backend: the same job runner in subprocesses on this machine.
+
+Used when no HTCondor pool is reachable (with a visible notice) or on request
+(``backend="local"``).  Each submission starts a detached executor process
+(``python -m htcml_jupyter.local``), so results keep arriving in the map's folder
+after the notebook kernel dies.  The executor writes job events as JSON lines to
+``logs/local-events.jsonl``; they go through the same transition table as
+HTCondor's events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import runner
+from .options import SubmitOptions
+from .state import EventKind, TaskEvent, TaskTable
+from .store import MapStore
+
+EVENTS = "local-events.jsonl"
+
+
+def _append_event(store: MapStore, task: int, kind: EventKind, **detail: Any) -> None:
+    line = json.dumps({"task": task, "kind": kind.value, "time": time.time(),
+                       "detail": {"job_id": f"local.{task}", **detail}})
+    with (store.path / "logs" / EVENTS).open("a") as f:
+        f.write(line + "\n")
+
+
+class LocalEventReader:
+    """Reads the executor's event file from where it stopped last time."""
+
+    def __init__(self, store: MapStore):
+        self.path = store.path / "logs" / EVENTS
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[TaskEvent]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            if line.strip():
+                row = json.loads(line)
+                out.append(TaskEvent(int(row["task"]), EventKind(row["kind"]),
+                                     float(row["time"]), row.get("detail", {})))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class LocalBackend:
+    """Runs a map's jobs as local subprocesses, ``workers`` at a time."""
+
+    kind = "local"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self.description = f"local processes ({self.workers} at a time)"
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "local", "workers": self.workers, "description": self.description}
+
+    def capacity(self, options: SubmitOptions) -> int:
+        return self.workers
+
+    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
+               batch_name: str) -> int:
+        submission = len(store.submissions()) + 1
+        for task in tasks:
+            _append_event(store, task, EventKind.SUBMITTED)
+        python = options["python"] or sys.executable
+        log = (store.path / "logs" / f"executor-{submission}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "htcml_jupyter.local", str(store.path),
+             "--tasks", ",".join(map(str, tasks)), "--workers", str(self.workers),
+             "--python", python, *sum((["--input", f] for f in options["input_files"]), [])],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        (store.path / "logs" / f"executor-{submission}.pid").write_text(str(proc.pid))
+        store.add_submission(-submission, tasks)
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends
+        return -submission
+
+    def event_reader(self, store: MapStore) -> LocalEventReader:
+        return LocalEventReader(store)
+
+    @staticmethod
+    def _pids(store: MapStore) -> list[int]:
+        pids = []
+        for pid_file in (store.path / "logs").glob("executor-*.pid"):
+            try:
+                pids.append(int(pid_file.read_text()))
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None:
+        if job_ids:
+            for job in job_ids:
+                (store.path / "logs" / f"remove-{job.split('.')[-1]}").touch()
+            return
+        (store.path / "logs" / "remove-all").touch()
+        for pid in self._pids(store):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+
+    def release(self, store: MapStore, job_ids: list[str]) -> None:
+        """Local jobs are never held."""
+
+    def vanished(self, reader: Any, table: TaskTable) -> list[TaskEvent]:
+        path = Path(reader.path).parent.parent
+        alive = any(_alive(pid) for pid in self._pids(MapStore(path)))
+        if alive:
+            return []
+        return [TaskEvent(t.task, EventKind.REMOVED, time.time(),
+                          {"reason": "the local executor stopped before this job finished"})
+                for t in table.tasks.values() if t.phase.value not in ("finished", "removed")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------- executor
+
+
+class _Executor:
+    def __init__(self, store: MapStore, python: str, inputs: list[str]):
+        self.store = store
+        self.python = python
+        self.inputs = inputs
+        self.stopping = False
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    def removed(self, task: int) -> bool:
+        logs = self.store.path / "logs"
+        return self.stopping or (logs / "remove-all").exists() or (
+            logs / f"remove-{task}").exists()
+
+    def run_task(self, task: int) -> None:
+        if self.removed(task):
+            _append_event(self.store, task, EventKind.REMOVED, reason="removed before it ran")
+            return
+        sandbox = self.store.path / "sandbox" / f"task-{task}"
+        shutil.rmtree(sandbox, ignore_errors=True)
+        sandbox.mkdir(parents=True)
+        shutil.copy(runner.__file__, sandbox / "runner.py")
+        os.symlink(self.store.function_file, sandbox / "function.pkl")
+        os.symlink(self.store.input_file(task), sandbox / f"task-{task}.pkl")
+        for item in self.inputs:
+            if os.path.exists(item):
+                os.symlink(item, sandbox / os.path.basename(item))
+        _append_event(self.store, task, EventKind.STARTED, host=self.host)
+        with self.store.stdout_file(task).open("wb") as out, \
+                self.store.stderr_file(task).open("wb") as err:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "_HTCML_LOCAL": "1"}
+            proc = subprocess.Popen([self.python, "runner.py", "function.pkl",
+                                     f"task-{task}.pkl", "outcome.pkl"],
+                                    cwd=sandbox, stdout=out, stderr=err, env=env,
+                                    stdin=subprocess.DEVNULL)
+            with self.lock:
+                self.children[task] = proc
+            while proc.poll() is None:
+                if self.removed(task):
+                    proc.kill()
+                time.sleep(0.05)
+            with self.lock:
+                self.children.pop(task, None)
+        if self.removed(task) and proc.returncode < 0:
+            _append_event(self.store, task, EventKind.REMOVED, reason="removed while running")
+        else:
+            outcome = sandbox / "outcome.pkl"
+            if outcome.exists():
+                os.replace(outcome, self.store.output_file(task))
+            _append_event(self.store, task, EventKind.FINISHED, exit_code=proc.returncode)
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+        with self.lock:
+            for proc in self.children.values():
+                proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run a map's jobs locally")
+    parser.add_argument("map_folder")
+    parser.add_argument("--tasks", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--input", action="append", default=[])
+    args = parser.parse_args(argv)
+    executor = _Executor(MapStore(Path(args.map_folder)), args.python, args.input)
+    signal.signal(signal.SIGTERM, executor.stop)
+    tasks = [int(t) for t in args.tasks.split(",") if t]
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        list(pool.map(executor.run_task, tasks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

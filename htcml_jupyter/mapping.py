@@ -1,0 +1,518 @@
+"""The :class:`Map`: a function mapped over inputs as jobs, and its results."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .errors import HTCMLError, ItemHeld, ItemRemoved, MapError, RemoteError
+from .options import OptionError, SubmitOptions
+from .payload import dump_function, dump_items
+from .runner import ITEM_MARKER, read_header
+from .state import ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
+from .store import MapStore
+
+ErrorMode = Literal["raise", "return"]
+Chunksize = int | Literal["auto"]
+
+#: How long the event log may stay quiet before the queue is asked about missing jobs.
+VANISHED_CHECK_AFTER = 60.0
+
+
+class EventReader(Protocol):
+    def read(self) -> list[TaskEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What a map needs from where its jobs run (an HTCondor pool or local processes)."""
+
+    kind: str
+    description: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def capacity(self, options: SubmitOptions) -> int: ...
+
+    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
+               batch_name: str) -> int: ...
+
+    def event_reader(self, store: MapStore) -> Any: ...
+
+    def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None: ...
+
+    def release(self, store: MapStore, job_ids: list[str]) -> None: ...
+
+    def vanished(self, reader: Any, table: TaskTable) -> list[TaskEvent]: ...
+
+
+def auto_chunksize(n_items: int, slots: int) -> int:
+    """Items per job for ``chunksize="auto"``.
+
+    With at most twice as many items as matching slots, every item gets its own job
+    (best load balance and isolation).  With more, items are packed so that each slot
+    gets about one job: the per-job cost of HTCondor (about a third of a slot-second
+    plus a fresh interpreter) is then paid once per slot instead of once per item.
+    """
+    slots = max(slots, 1)
+    if n_items <= 2 * slots:
+        return 1
+    return math.ceil(n_items / slots)
+
+
+def _chunks(indexes: list[int], size: int) -> list[list[int]]:
+    return [indexes[i:i + size] for i in range(0, len(indexes), size)]
+
+
+class Map:
+    """A function mapped over inputs as jobs; results gather in the map's folder.
+
+    Build one with :func:`htcml_jupyter.map` or rebuild one from disk with
+    :func:`htcml_jupyter.attach`.  All methods are safe to call from several threads.
+    """
+
+    def __init__(self, store: MapStore, backend: Backend):
+        self.store = store
+        self.backend = backend
+        meta = store.read_meta()
+        self.meta = meta
+        self.n_items: int = int(meta["n_items"])
+        self.options = SubmitOptions.from_kwargs(meta["options"])
+        self._lock = threading.RLock()
+        self._table = TaskTable()
+        self._outcomes: dict[int, dict[int, dict[str, Any]]] = {}
+        self._reader = backend.event_reader(store)
+        self._last_change = time.time()
+        self._load_tasks()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def name(self) -> str:
+        """The map's name (its folder's name); ``attach(name)`` finds it again."""
+        return self.store.name
+
+    @property
+    def clusters(self) -> list[int]:
+        """HTCondor cluster ids of every submission of this map (first, then retries)."""
+        return [int(s["cluster"]) for s in self.store.submissions()]
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in self.status().items() if v)
+        return f"<Map {self.name!r}: {self.n_items} items on {self.backend.description}; {counts}>"
+
+    def _load_tasks(self) -> None:
+        for task, items in self.store.tasks():
+            self._table.add_task(task, items)
+
+    # ------------------------------------------------------------------ state
+    def refresh(self) -> bool:
+        """Read new job events; return True when any job changed state."""
+        with self._lock:
+            changed = False
+            for event in self._reader.read():
+                changed |= self._table.apply(event)
+            if changed:
+                self._last_change = time.time()
+            return changed
+
+    def _check_vanished(self) -> None:
+        if time.time() - self._last_change < VANISHED_CHECK_AFTER:
+            return
+        with self._lock:
+            self._last_change = time.time()
+            self.refresh()
+            for event in self.backend.vanished(self._reader, self._table):
+                self._table.apply(event)
+
+    def _outcome(self, task: int) -> dict[int, dict[str, Any]]:
+        cached = self._outcomes.get(task)
+        if cached is not None:
+            return cached
+        path = self.store.output_file(task)
+        try:
+            with path.open("rb") as f:
+                read_header(f)
+                records = pickle.loads(f.read())
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+            return {}
+        outcome = {int(r["index"]): r for r in records}
+        self._outcomes[task] = outcome
+        return outcome
+
+    def _item_state(self, item: int, status: TaskStatus) -> ItemState:
+        phase = status.phase
+        if phase is TaskPhase.FINISHED:
+            if status.exit_code == 0:
+                return ItemState.DONE
+            record = self._outcome(status.task).get(item)
+            return ItemState.DONE if record is not None and record.get("ok") else ItemState.FAILED
+        return ItemState(phase.value)
+
+    def item_states(self) -> list[ItemState]:
+        """The state of every item, in item order."""
+        self.refresh()
+        with self._lock:
+            states = [ItemState.IDLE] * self.n_items
+            for status in self._table.tasks.values():
+                for item in status.items:
+                    if self._table.item_task.get(item) == status.task:
+                        states[item] = self._item_state(item, status)
+            return states
+
+    def status(self) -> dict[str, int]:
+        """Counts of items per state: idle, running, done, failed, held, removed."""
+        counts = Counter(s.value for s in self.item_states())
+        return {state.value: counts.get(state.value, 0) for state in ItemState}
+
+    def tasks(self) -> list[TaskStatus]:
+        """What is known of each job of the map (one job may hold several items)."""
+        self.refresh()
+        with self._lock:
+            return [TaskStatus(**vars(t)) for t in self._table.tasks.values()]
+
+    def job_of(self, item: int) -> TaskStatus:
+        """The job that holds ``item`` now (its latest attempt)."""
+        self._check_index(item)
+        self.refresh()
+        with self._lock:
+            return self._table.tasks[self._table.item_task[item]]
+
+    @property
+    def done(self) -> bool:
+        """True when every item is settled: done, failed, held or removed."""
+        return all(s.settled for s in self.item_states())
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2) -> bool:
+        """Block until every item is done, failed, held or removed.
+
+        Returns True when all items settled, False when ``timeout`` seconds ran out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.done:
+                return True
+            self._check_vanished()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
+            time.sleep(max(remaining, 0.01))
+
+    # ------------------------------------------------------------------ results
+    def _check_index(self, item: int) -> None:
+        if not isinstance(item, int) or not 0 <= item < self.n_items:
+            raise IndexError(f"item {item!r} is not in this map (0..{self.n_items - 1})")
+
+    def _error_of(self, item: int, state: ItemState) -> HTCMLError:
+        status = self._table.tasks[self._table.item_task[item]]
+        if state is ItemState.HELD:
+            return ItemHeld(item, status.hold_reason or "held", status.hold_code, status.job_id)
+        if state is ItemState.REMOVED:
+            return ItemRemoved(item, status.removed_reason or "removed")
+        record = self._outcome(status.task).get(item)
+        if record is None:
+            record = {"type": "htcml_jupyter.JobLost",
+                      "message": f"the job exited with code {status.exit_code} without "
+                                 f"writing an outcome; see stderr({item})",
+                      "traceback": self._tail(self.store.stderr_file(status.task)),
+                      "host": status.host}
+            return RemoteError(item, record, status.job_id)
+        return RemoteError(item, record["error"], status.job_id)
+
+    def _value_of(self, item: int) -> Any:
+        status = self._table.tasks[self._table.item_task[item]]
+        record = self._outcome(status.task)[item]
+        return pickle.loads(record["value"])
+
+    @property
+    def errors(self) -> dict[int, RemoteError]:
+        """Items whose function raised: ``{item: RemoteError}`` with the remote traceback."""
+        states = self.item_states()
+        with self._lock:
+            out = {}
+            for i, s in enumerate(states):
+                if s is ItemState.FAILED:
+                    err = self._error_of(i, s)
+                    if isinstance(err, RemoteError):
+                        out[i] = err
+            return out
+
+    @property
+    def holds(self) -> dict[int, str]:
+        """Items whose job is on hold: ``{item: HTCondor's hold reason}``."""
+        states = self.item_states()
+        with self._lock:
+            return {i: self._table.tasks[self._table.item_task[i]].hold_reason or "held"
+                    for i, s in enumerate(states) if s is ItemState.HELD}
+
+    def results(self, errors: ErrorMode = "raise", timeout: float | None = None) -> list[Any]:
+        """Every item's result, in item order (waits for the map first).
+
+        With ``errors="raise"`` a :class:`MapError` names every item without a result
+        (its ``.errors`` holds each one); with ``errors="return"`` such items give their
+        error object (:class:`RemoteError`, :class:`ItemHeld`, :class:`ItemRemoved`).
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+        if not self.wait(timeout):
+            from .errors import WaitTimeout
+
+            raise WaitTimeout(f"map {self.name!r} is not finished after {timeout} s: "
+                              f"{self.status()}")
+        states = self.item_states()
+        with self._lock:
+            out: list[Any] = []
+            failures: dict[int, HTCMLError] = {}
+            for i, s in enumerate(states):
+                if s is ItemState.DONE:
+                    out.append(self._value_of(i))
+                else:
+                    err = self._error_of(i, s)
+                    failures[i] = err
+                    out.append(err)
+        if failures and errors == "raise":
+            raise MapError(self.name, failures, self.n_items)
+        return out
+
+    def result(self, item: int) -> Any:
+        """One item's result (raises its error when it has none)."""
+        self._check_index(item)
+        state = self.item_states()[item]
+        with self._lock:
+            if state is ItemState.DONE:
+                return self._value_of(item)
+            if not state.settled:
+                raise HTCMLError(f"item {item} is still {state.value}")
+            raise self._error_of(item, state)
+
+    def as_completed(self, timeout: float | None = None, errors: ErrorMode = "raise",
+                     poll: float = 0.2) -> Iterator[tuple[int, Any]]:
+        """Yield ``(item, result)`` as items finish, in finishing order.
+
+        A failed, held or removed item raises its error (``errors="raise"``) or is
+        yielded with the error object as its result (``errors="return"``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: set[int] = set()
+        while len(seen) < self.n_items:
+            states = self.item_states()
+            for i, s in enumerate(states):
+                if i in seen or not s.settled:
+                    continue
+                seen.add(i)
+                if s is ItemState.DONE:
+                    with self._lock:
+                        value = self._value_of(i)
+                    yield i, value
+                    continue
+                with self._lock:
+                    err = self._error_of(i, s)
+                if errors == "raise":
+                    raise err
+                yield i, err
+            if len(seen) >= self.n_items:
+                return
+            self._check_vanished()
+            if deadline is not None and time.monotonic() >= deadline:
+                from .errors import WaitTimeout
+
+                raise WaitTimeout(f"{self.n_items - len(seen)} items of {self.name!r} "
+                                  f"unfinished after {timeout} s")
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ output
+    @staticmethod
+    def _tail(path: Path, limit: int = 4000) -> str:
+        try:
+            return path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def _item_section(self, path: Path, item: int) -> str:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return ""
+        marker = ITEM_MARKER.format(index=item)
+        start = text.find(marker)
+        if start < 0:
+            return text
+        start += len(marker) + 1
+        end = text.find("===== htcml item ", start)
+        return text[start:] if end < 0 else text[start:end]
+
+    def stdout(self, item: int) -> str:
+        """What ``item`` printed to standard output (its part of the job's output)."""
+        return self._item_section(self.store.stdout_file(self.job_of(item).task), item)
+
+    def stderr(self, item: int) -> str:
+        """What ``item`` wrote to standard error, remote tracebacks included."""
+        return self._item_section(self.store.stderr_file(self.job_of(item).task), item)
+
+    # ------------------------------------------------------------------ actions
+    def _job_ids(self, phases: tuple[TaskPhase, ...]) -> list[str]:
+        return [t.job_id for t in self._table.tasks.values()
+                if t.phase in phases and t.job_id is not None]
+
+    def cancel(self) -> None:
+        """Remove every unfinished job of the map; finished results stay on disk."""
+        self.refresh()
+        with self._lock:
+            clusters = {int(s["cluster"]) for s in self.store.submissions()}
+            self.backend.remove(self.store, [], clusters)
+
+    def release(self) -> int:
+        """Release held jobs so they run again; returns how many were released."""
+        self.refresh()
+        with self._lock:
+            ids = self._job_ids((TaskPhase.HELD,))
+            self.backend.release(self.store, ids)
+            return len(ids)
+
+    def retry(self, items: Iterable[int] | None = None) -> list[int]:
+        """Run failed, held and removed items again as new jobs; returns their indexes.
+
+        Held jobs are removed first.  ``items`` restricts the retry to those items.
+        """
+        states = self.item_states()
+        wanted = set(range(self.n_items)) if items is None else set(items)
+        for i in wanted:
+            self._check_index(i)
+        again = sorted(i for i in wanted
+                       if states[i] in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
+        if not again:
+            return []
+        with self._lock:
+            held = [self._table.tasks[self._table.item_task[i]].job_id for i in again
+                    if states[i] is ItemState.HELD]
+            self.backend.remove(self.store, [j for j in dict.fromkeys(held) if j], set())
+            arguments = self._load_arguments(again)
+            first = self._table.next_task_id()
+            chunks = _chunks(again, self._chunksize_for(len(again)))
+            tasks = []
+            for offset, chunk in enumerate(chunks):
+                task = first + offset
+                dump_items([(i, arguments[i]) for i in chunk], self.store.input_file(task))
+                tasks.append((task, chunk))
+            _give_to_job_user(self.store, self.backend)
+            self.store.add_tasks(tasks)
+            for task, chunk in tasks:
+                self._table.add_task(task, chunk)
+            self.backend.submit(self.store, [t for t, _ in tasks], self.options,
+                                self.meta.get("batch_name", self.name))
+        return again
+
+    def _chunksize_for(self, n: int) -> int:
+        size = self.meta.get("chunksize", 1)
+        if size == "auto":
+            return auto_chunksize(n, self.backend.capacity(self.options))
+        return int(size)
+
+    def _load_arguments(self, items: list[int]) -> dict[int, Any]:
+        wanted = set(items)
+        # an item's arguments are in the input file of the first job that had it
+        first_task: dict[int, int] = {}
+        for task, task_items in self.store.tasks():
+            for i in task_items:
+                first_task.setdefault(i, task)
+        tasks = {first_task[i] for i in items}
+        found: dict[int, Any] = {}
+        for task in sorted(tasks):
+            with self.store.input_file(task).open("rb") as f:
+                read_header(f)
+                for index, argument in pickle.loads(f.read()):
+                    if index in wanted:
+                        found[index] = argument
+        return found
+
+    def close(self) -> None:
+        """Stop reading the event log (the jobs and the map's folder are untouched)."""
+        self._reader.close()
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _give_to_job_user(store: MapStore, backend: Backend) -> None:
+    uid = backend.describe().get("job_uid")
+    if uid is not None and os.geteuid() == 0 and uid != 0:
+        store.chown(int(uid))
+
+
+def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
+               kwargs: dict[str, Any] | None, backend: Backend, root: Path,
+               name: str | None, chunksize: Chunksize, options: dict[str, Any]) -> Map:
+    """Validate, write the map's folder, submit its jobs, and return the handle."""
+    from .store import new_map_name
+
+    submit_options = SubmitOptions.from_kwargs(options)
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise OptionError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")
+    if chunksize != "auto" and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
+                                or chunksize < 1):
+        raise OptionError(f"chunksize must be a whole number >= 1 or 'auto', not {chunksize!r}")
+    if isinstance(iterable, (str, bytes)):
+        raise TypeError("map over a list of strings, not one string (which would map over "
+                        "its characters); wrap it: [text]")
+    try:
+        iterator = iter(iterable)
+    except TypeError:
+        raise TypeError(f"the inputs must be iterable (a list, range, generator...), not "
+                        f"{type(iterable).__name__}") from None
+    arguments = list(iterator)
+    if not arguments:
+        raise ValueError("the inputs are empty: there is nothing to map")
+    fn_name = getattr(function, "__name__", "map")
+    name = name or new_map_name(fn_name)
+    check = getattr(backend, "check_visible", None)
+    if check is not None:
+        check(root / name)
+    size = (auto_chunksize(len(arguments), backend.capacity(submit_options))
+            if chunksize == "auto" else chunksize)
+    meta = {
+        "name": name, "function": fn_name, "created": time.time(), "n_items": len(arguments),
+        "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
+        "pool": backend.describe(), "batch_name": name,
+    }
+    import tempfile
+
+    # Pickle the function before anything exists, so a bad function leaves nothing behind.
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "function.pkl"
+        dump_function(function, kwargs, probe)
+        store = MapStore.create(root, name, meta)
+        try:
+            os.replace(probe, store.function_file)
+        except OSError:
+            dump_function(function, kwargs, store.function_file)
+    indexes = list(range(len(arguments)))
+    tasks = list(enumerate(_chunks(indexes, size)))
+    for task, chunk in tasks:
+        dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
+    store.add_tasks(tasks)
+    _give_to_job_user(store, backend)
+    handle = Map(store, backend)
+    try:
+        backend.submit(store, [t for t, _ in tasks], submit_options, name)
+    except BaseException:
+        handle.close()
+        shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
+        raise
+    return handle
+

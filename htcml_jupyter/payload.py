@@ -1,0 +1,96 @@
+"""Submit side of the payload: pickle a function once and the items of each job."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+from .runner import python_version, write_payload
+
+
+class PickleError(TypeError):
+    """The function, its keyword arguments or an item cannot be pickled."""
+
+
+def payload_header(**extra: Any) -> dict[str, Any]:
+    """The versions that must match on the execute side, plus ``extra`` fields."""
+    return {"python": python_version(), "cloudpickle": cloudpickle.__version__, **extra}
+
+
+def _installed_roots() -> tuple[str, ...]:
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    roots = {os.path.realpath(p) for p in (sysconfig.get_path(n) for n in names) if p}
+    roots |= {os.path.realpath(p) for p in sys.path if "site-packages" in p}
+    return tuple(roots)
+
+
+def _by_value_module(function: Callable[..., Any]) -> ModuleType | None:
+    """The function's module when it is the user's own file (not installed), else None.
+
+    Such a module may not exist on the execute node, so it is pickled by value.
+    """
+    name = getattr(function, "__module__", None)
+    module = sys.modules.get(name or "")
+    if module is None or name == "__main__" or name in sys.builtin_module_names:
+        return None
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    if any(real.startswith(root + os.sep) for root in _installed_roots()):
+        return None
+    return module
+
+
+@contextmanager
+def _pickled_by_value(module: ModuleType | None) -> Iterator[None]:
+    if module is None:
+        yield
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:  # already registered, or not importable by name
+        yield
+        return
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def dump_function(function: Callable[..., Any], kwargs: dict[str, Any], path: Path) -> int:
+    """Pickle ``(function, kwargs)`` to ``path``; raise :class:`PickleError` with the fix."""
+    if not callable(function):
+        raise TypeError(f"the function to map must be callable, not {type(function).__name__}")
+    try:
+        with _pickled_by_value(_by_value_module(function)):
+            body = cloudpickle.dumps((function, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        name = getattr(function, "__qualname__", repr(function))
+        raise PickleError(
+            f"cannot send {name} to the pool: {type(exc).__name__}: {exc}. The function, "
+            f"its keyword arguments and everything they refer to (globals, closures) must "
+            f"be picklable: open files, locks, sockets and live connections are not. Create "
+            f"such objects inside the function instead.") from exc
+    write_payload(str(path), payload_header(), body)
+    return len(body)
+
+
+def dump_items(items: Sequence[tuple[int, Any]], path: Path) -> None:
+    """Pickle the ``(index, argument)`` pairs of one job to ``path``."""
+    try:
+        body = cloudpickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        first = items[0][0] if items else "?"
+        raise PickleError(f"cannot pickle the inputs of items starting at {first}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    write_payload(str(path), payload_header(items=[i for i, _ in items]), body)

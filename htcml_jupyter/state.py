@@ -1,0 +1,144 @@
+"""Job and item states, and the one transition table that moves jobs between them.
+
+Every backend turns what it observes (HTCondor's job event log, the local executor's
+event file) into :class:`TaskEvent` values; :class:`TaskTable` applies them through
+:data:`TRANSITIONS`.  A *task* is one job: a chunk of one or more items.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ItemState(str, enum.Enum):
+    """Where an item of a map stands."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    HELD = "held"
+    REMOVED = "removed"
+
+    @property
+    def settled(self) -> bool:
+        """True when the item needs no more waiting (done, failed, held or removed)."""
+        return self in (ItemState.DONE, ItemState.FAILED, ItemState.HELD, ItemState.REMOVED)
+
+
+class TaskPhase(str, enum.Enum):
+    """Where a job stands; FINISHED becomes DONE or FAILED per item from its outcome."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    HELD = "held"
+    FINISHED = "finished"
+    REMOVED = "removed"
+
+
+class EventKind(str, enum.Enum):
+    """The job events that change a job's phase."""
+
+    SUBMITTED = "submitted"
+    STARTED = "started"
+    EVICTED = "evicted"          # vacated, preempted, requeued: it will run again
+    HELD = "held"
+    RELEASED = "released"
+    FINISHED = "finished"        # the job exited (detail: exit_code)
+    REMOVED = "removed"
+
+
+#: The transition table: the phase a job is in after each kind of event.
+TRANSITIONS: dict[EventKind, TaskPhase] = {
+    EventKind.SUBMITTED: TaskPhase.IDLE,
+    EventKind.STARTED: TaskPhase.RUNNING,
+    EventKind.EVICTED: TaskPhase.IDLE,
+    EventKind.HELD: TaskPhase.HELD,
+    EventKind.RELEASED: TaskPhase.IDLE,
+    EventKind.FINISHED: TaskPhase.FINISHED,
+    EventKind.REMOVED: TaskPhase.REMOVED,
+}
+
+_FINAL = (TaskPhase.FINISHED, TaskPhase.REMOVED)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One observed event of one job."""
+
+    task: int
+    kind: EventKind
+    time: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskStatus:
+    """What is known of one job."""
+
+    task: int
+    items: list[int]
+    phase: TaskPhase = TaskPhase.IDLE
+    job_id: str | None = None
+    host: str | None = None
+    hold_reason: str | None = None
+    hold_code: int | None = None
+    exit_code: int | None = None
+    starts: int = 0
+    evictions: int = 0
+    submitted: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    removed_reason: str | None = None
+
+    def apply(self, event: TaskEvent) -> bool:
+        """Move through the transition table; return True when something changed."""
+        if self.phase in _FINAL:
+            return False  # a job that left the queue stays where it ended
+        new = TRANSITIONS[event.kind]
+        d = event.detail
+        self.job_id = d.get("job_id", self.job_id)
+        if event.kind is EventKind.SUBMITTED:
+            self.submitted = event.time
+        elif event.kind is EventKind.STARTED:
+            self.starts += 1
+            self.started = event.time
+            self.host = d.get("host", self.host)
+        elif event.kind is EventKind.EVICTED:
+            self.evictions += 1
+        elif event.kind is EventKind.HELD:
+            self.hold_reason = d.get("reason", "held")
+            self.hold_code = d.get("code")
+        elif event.kind is EventKind.RELEASED:
+            self.hold_reason = self.hold_code = None
+        elif event.kind is EventKind.FINISHED:
+            self.exit_code = d.get("exit_code")
+            self.finished = event.time
+        elif event.kind is EventKind.REMOVED:
+            self.removed_reason = d.get("reason", "removed")
+            self.finished = event.time
+        changed = new is not self.phase or event.kind in (EventKind.STARTED, EventKind.EVICTED)
+        self.phase = new
+        return changed
+
+
+class TaskTable:
+    """Every job of a map, and which job holds each item now (the latest attempt)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, TaskStatus] = {}
+        self.item_task: dict[int, int] = {}
+
+    def add_task(self, task: int, items: list[int]) -> None:
+        self.tasks[task] = TaskStatus(task, items)
+        for item in items:
+            self.item_task[item] = task
+
+    def apply(self, event: TaskEvent) -> bool:
+        status = self.tasks.get(event.task)
+        return status.apply(event) if status is not None else False
+
+    def next_task_id(self) -> int:
+        return max(self.tasks, default=-1) + 1

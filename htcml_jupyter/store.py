@@ -1,0 +1,166 @@
+"""A map's folder on disk: everything needed to rebuild the map in another process.
+
+Layout of ``<root>/<name>/`` (mode 0700)::
+
+    map.json            name, backend, pool, options, item count, creation time
+    function.pkl        the cloudpickled (function, kwargs), written once
+    tasks.jsonl         one line per job ever created: {"task", "items"}
+    submissions.jsonl   one line per submission: {"cluster", "tasks", "time"}
+    inputs/task-N.pkl   the items of job N
+    outputs/task-N.pkl  the outcome of job N (written by the runner, sent back)
+    logs/events.log     HTCondor's job event log for every cluster of the map
+    logs/task-N.out|err the job's stdout and stderr
+
+Files are only ever added or appended to, so a crash at any point loses nothing
+already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MapNotFound
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def new_map_name(function_name: str) -> str:
+    """A readable, unique default name: the function's name plus a short random tag."""
+    stem = re.sub(r"[^A-Za-z0-9_]", "", function_name)[:40] or "map"
+    return f"{stem}-{time.strftime('%m%d')}-{secrets.token_hex(3)}"
+
+
+def check_map_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"map name {name!r} must be 1-100 letters, digits, '_', '-' or '.', "
+                         f"starting with a letter or digit")
+    return name
+
+
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+
+
+@dataclass
+class MapStore:
+    """The folder of one map."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, root: Path, name: str, meta: dict[str, Any],
+               owner_uid: int | None = None) -> MapStore:
+        check_map_name(name)
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / name
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ValueError(f"a map named {name!r} already exists in {root}; choose another "
+                             f"name or attach to it with htcml_jupyter.attach({name!r})") from None
+        for sub in ("inputs", "outputs", "logs"):
+            (path / sub).mkdir(mode=0o700)
+        store = cls(path)
+        store.write_meta(meta)
+        if owner_uid is not None:
+            store.chown(owner_uid, root)
+        return store
+
+    @classmethod
+    def open(cls, root: Path, name: str) -> MapStore:
+        path = root / name
+        if not (path / "map.json").exists():
+            raise MapNotFound(f"no map named {name!r} in {root} (htcml_jupyter.list_maps() "
+                              f"lists the maps there)")
+        return cls(path)
+
+    def chown(self, uid: int, root: Path | None = None) -> None:
+        """Give the folder to the user the pool's jobs run as (when we are root)."""
+        for sub in (root,) if root is not None else ():
+            if sub is not None and sub.stat().st_uid != uid:
+                os.chown(sub, uid, -1)
+        for dirpath, _dirs, files in os.walk(self.path):
+            os.chown(dirpath, uid, -1)
+            for f in files:
+                os.chown(os.path.join(dirpath, f), uid, -1)
+
+    # metadata ------------------------------------------------------------
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.path / "map.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, default=str))
+        os.replace(tmp, self.path / "map.json")
+
+    def read_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = json.loads((self.path / "map.json").read_text())
+        return meta
+
+    def add_tasks(self, tasks: list[tuple[int, list[int]]]) -> None:
+        _append_lines(self.path / "tasks.jsonl", [{"task": t, "items": i} for t, i in tasks])
+
+    def tasks(self) -> Iterator[tuple[int, list[int]]]:
+        for row in _read_lines(self.path / "tasks.jsonl"):
+            yield int(row["task"]), [int(i) for i in row["items"]]
+
+    def add_submission(self, cluster: int, tasks: list[int]) -> None:
+        _append_lines(self.path / "submissions.jsonl",
+                      [{"cluster": cluster, "tasks": tasks, "time": time.time()}])
+
+    def submissions(self) -> list[dict[str, Any]]:
+        return list(_read_lines(self.path / "submissions.jsonl"))
+
+    # files ---------------------------------------------------------------
+    @property
+    def function_file(self) -> Path:
+        return self.path / "function.pkl"
+
+    @property
+    def event_log(self) -> Path:
+        return self.path / "logs" / "events.log"
+
+    def input_file(self, task: int) -> Path:
+        return self.path / "inputs" / f"task-{task}.pkl"
+
+    def output_file(self, task: int) -> Path:
+        return self.path / "outputs" / f"task-{task}.pkl"
+
+    def stdout_file(self, task: int) -> Path:
+        return self.path / "logs" / f"task-{task}.out"
+
+    def stderr_file(self, task: int) -> Path:
+        return self.path / "logs" / f"task-{task}.err"
+
+
+def list_map_names(root: Path) -> list[str]:
+    """Names of the maps under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "map.json").is_file()]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime)]
