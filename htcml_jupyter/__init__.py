@@ -26,8 +26,8 @@ from .errors import (
 )
 from .mapping import Chunksize, Map, auto_chunksize
 from .options import OPTIONS, OptionError, describe_options
-from .payload import PickleError
 from .paths import default_map_root
+from .payload import PickleError
 from .state import ItemState
 from .store import MapStore, list_map_names
 

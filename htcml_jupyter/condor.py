@@ -93,6 +93,11 @@ class CondorEventReader:
                 for proc, task in enumerate(sub["tasks"]):
                     self._job_task[(cluster, proc)] = int(task)
 
+    def job_tasks(self) -> dict[tuple[int, int], int]:
+        """``{(cluster, proc): task}`` for every job submitted so far."""
+        self._learn_submissions()
+        return dict(self._job_task)
+
     @property
     def clusters(self) -> set[int]:
         self._learn_submissions()
@@ -107,6 +112,14 @@ class CondorEventReader:
             self._log = htcondor2.JobEventLog(str(self.store.event_log))
         out: list[TaskEvent] = []
         for event in self._log.events(stop_after=0):
+            if event.type.name == "CLUSTER_REMOVE":
+                # Late materialization: jobs never materialized end with their cluster.
+                self._learn_submissions()
+                out.extend(TaskEvent(task, EventKind.REMOVED, float(event.timestamp),
+                                     {"reason": "its cluster was removed"})
+                           for (cluster, _), task in self._job_task.items()
+                           if cluster == event.cluster)
+                continue
             kind = _EVENT_KINDS.get(event.type.name)
             if kind is None:
                 continue
@@ -282,11 +295,12 @@ class CondorBackend:
         except Exception:
             return []  # cannot tell; try again later
         present = {f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads}
+        job_of = {task: f"{c}.{p}" for (c, p), task in reader.job_tasks().items()}
         out = []
         for status in table.tasks.values():
-            if status.phase.value in ("finished", "removed") or status.job_id is None:
+            if status.phase.value in ("finished", "removed"):
                 continue
-            if status.job_id not in present:
+            if job_of.get(status.task, status.job_id) not in present:
                 out.append(TaskEvent(status.task, EventKind.REMOVED, time.time(), {
                     "reason": "the job left the queue without a terminal event in the log"}))
         return out

@@ -95,7 +95,7 @@ class LocalBackend:
         proc = subprocess.Popen(
             [sys.executable, "-m", "htcml_jupyter.local", str(store.path),
              "--tasks", ",".join(map(str, tasks)), "--workers", str(self.workers),
-             "--python", python, *sum((["--input", f] for f in options["input_files"]), [])],
+             "--python", python, *[a for f in options["input_files"] for a in ("--input", f)]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
         (store.path / "logs" / f"executor-{submission}.pid").write_text(str(proc.pid))
@@ -117,15 +117,18 @@ class LocalBackend:
         return pids
 
     def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None:
-        if job_ids:
-            for job in job_ids:
-                (store.path / "logs" / f"remove-{job.split('.')[-1]}").touch()
-            return
-        (store.path / "logs" / "remove-all").touch()
-        for pid in self._pids(store):
+        """Remove jobs (``local.TASK``) or whole submissions (negative cluster ids)."""
+        tasks = {int(job.rsplit(".", 1)[-1]) for job in job_ids}
+        for sub in store.submissions():
+            if int(sub["cluster"]) in clusters:
+                tasks.update(int(t) for t in sub["tasks"])
+        for task in tasks:
+            (store.path / "logs" / f"remove-{task}").touch()
+        for cluster in clusters:
+            pid_file = store.path / "logs" / f"executor-{-cluster}.pid"
             try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            except (OSError, ValueError):
                 continue
 
     def release(self, store: MapStore, job_ids: list[str]) -> None:
@@ -165,9 +168,7 @@ class _Executor:
         self.host = socket.gethostname()
 
     def removed(self, task: int) -> bool:
-        logs = self.store.path / "logs"
-        return self.stopping or (logs / "remove-all").exists() or (
-            logs / f"remove-{task}").exists()
+        return self.stopping or (self.store.path / "logs" / f"remove-{task}").exists()
 
     def run_task(self, task: int) -> None:
         if self.removed(task):

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from .errors import HTCMLError, ItemHeld, ItemRemoved, MapError, RemoteError
 from .options import OptionError, SubmitOptions
-from .payload import dump_function, dump_items
+from .payload import code_locations, dump_function, dump_items, restore_source_lines
 from .runner import ITEM_MARKER, read_header
 from .state import ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
@@ -62,9 +62,9 @@ def auto_chunksize(n_items: int, slots: int) -> int:
     (best load balance and isolation).  With more, items are packed so that each slot
     gets about one job: the per-job cost of HTCondor (about a third of a slot-second
     plus a fresh interpreter) is then paid once per slot instead of once per item.
+    When no slot matches (yet), every item gets its own job.
     """
-    slots = max(slots, 1)
-    if n_items <= 2 * slots:
+    if slots <= 0 or n_items <= 2 * slots:  # no matching slot known: keep items apart
         return 1
     return math.ceil(n_items / slots)
 
@@ -228,7 +228,10 @@ class Map:
                       "traceback": self._tail(self.store.stderr_file(status.task)),
                       "host": status.host}
             return RemoteError(item, record, status.job_id)
-        return RemoteError(item, record["error"], status.job_id)
+        error = dict(record["error"])
+        error["traceback"] = restore_source_lines(str(error.get("traceback", "")),
+                                                  self.meta.get("code_locations", {}))
+        return RemoteError(item, error, status.job_id)
 
     def _value_of(self, item: int) -> Any:
         status = self._table.tasks[self._table.item_task[item]]
@@ -396,7 +399,9 @@ class Map:
         with self._lock:
             held = [self._table.tasks[self._table.item_task[i]].job_id for i in again
                     if states[i] is ItemState.HELD]
-            self.backend.remove(self.store, [j for j in dict.fromkeys(held) if j], set())
+            held_ids = [j for j in dict.fromkeys(held) if j]
+            if held_ids:
+                self.backend.remove(self.store, held_ids, set())
             arguments = self._load_arguments(again)
             first = self._table.next_task_id()
             chunks = _chunks(again, self._chunksize_for(len(again)))
@@ -489,6 +494,7 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
         "name": name, "function": fn_name, "created": time.time(), "n_items": len(arguments),
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
         "pool": backend.describe(), "batch_name": name,
+        "code_locations": code_locations(function),
     }
     import tempfile
 

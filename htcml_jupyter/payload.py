@@ -67,6 +67,54 @@ def _pickled_by_value(module: ModuleType | None) -> Iterator[None]:
         cloudpickle.unregister_pickle_by_value(module)
 
 
+def code_locations(function: Callable[..., Any]) -> dict[str, str]:
+    """``{code name: source file}`` for the function, its nested code and the functions
+    of its globals that it calls: cloudpickle drops file names, so remote tracebacks
+    name ``<dynamic-code>``; this lets the submit side show the source lines again."""
+    found: dict[str, str] = {}
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        code = getattr(obj, "__code__", None)
+        if code is None or id(code) in seen or depth > 3:
+            return
+        seen.add(id(code))
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            found.setdefault(c.co_name, c.co_filename)
+            stack.extend(k for k in c.co_consts if hasattr(k, "co_filename"))
+        module_globals = getattr(obj, "__globals__", {})
+        for name in code.co_names:
+            candidate = module_globals.get(name)
+            if callable(candidate) and hasattr(candidate, "__code__"):
+                walk(candidate, depth + 1)
+
+    walk(function, 0)
+    return found
+
+
+def restore_source_lines(traceback_text: str, locations: dict[str, str]) -> str:
+    """Put file names and source lines back into a remote traceback's dynamic frames."""
+    import linecache
+    import re
+
+    pattern = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
+    out: list[str] = []
+    for line in traceback_text.splitlines():
+        m = pattern.match(line)
+        filename = locations.get(m.group(3)) if m else None
+        if m is None or filename is None:
+            out.append(line)
+            continue
+        indent, lineno = m.group(1), int(m.group(2))
+        out.append(f'{indent}File "{filename}", line {lineno}, in {m.group(3)}')
+        source = linecache.getline(filename, lineno).strip()
+        if source:
+            out.append(f"{indent}    {source}")
+    return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")
+
+
 def dump_function(function: Callable[..., Any], kwargs: dict[str, Any], path: Path) -> int:
     """Pickle ``(function, kwargs)`` to ``path``; raise :class:`PickleError` with the fix."""
     if not callable(function):

@@ -181,7 +181,7 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
             except Exception as exc:
                 raise TypeError(f"the result of item {index} cannot be pickled: "
                                 f"{type(exc).__name__}: {exc}") from exc
-        except BaseException as exc:  # noqa: BLE001 -- every error becomes an outcome
+        except BaseException as exc:  # every error becomes an outcome
             if isinstance(exc, KeyboardInterrupt):
                 raise
             failed = True

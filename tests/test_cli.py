@@ -1,0 +1,41 @@
+"""The htcml command against the project's pool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import htcml_jupyter as htc
+from tests import helpers
+
+
+def _htcml(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_pool_status_lists_slots(pool: str) -> None:
+    out = _htcml("pool", "status")
+    assert out.returncode == 0, out.stderr
+    assert "pool up" in out.stdout and "GPUs" in out.stdout
+
+
+def test_maps_status_cancel_clean(pool_env: str, map_root: Path) -> None:
+    done = htc.map(helpers.fail_on_multiples_of_three, range(4), root=map_root, name="cli-a")
+    slow = htc.map(helpers.nap, [600], root=map_root, name="cli-b")
+    assert done.wait(timeout=120)
+    listing = _htcml("--root", str(map_root), "maps")
+    assert "cli-a" in listing.stdout and "cli-b" in listing.stdout
+    status = _htcml("--root", str(map_root), "status", "cli-a")
+    assert "done 2" in status.stdout and "failed 2" in status.stdout
+    assert "ValueError" in status.stdout
+    cancel = _htcml("--root", str(map_root), "cancel", "cli-b")
+    assert cancel.returncode == 0
+    assert slow.wait(timeout=60) and slow.status()["removed"] == 1
+    missing = _htcml("--root", str(map_root), "status", "nope")
+    assert missing.returncode == 2 and "no map named 'nope'" in missing.stderr
+    assert _htcml("--root", str(map_root), "clean").returncode == 2
+    cleaned = _htcml("--root", str(map_root), "clean", "--finished")
+    assert "2 maps deleted" in cleaned.stdout
+    assert htc.list_maps(map_root) == []

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from htcml_jupyter import auto_chunksize
+from htcml_jupyter.options import OptionError, SubmitOptions, size_in_mb
+
+
+def test_unknown_option_lists_valid_ones() -> None:
+    with pytest.raises(OptionError) as info:
+        SubmitOptions.from_kwargs({"request_memroy": "1GB"})
+    message = str(info.value)
+    assert "request_memroy" in message
+    for valid in ("request_memory", "request_gpus", "max_idle", "submit_extra"):
+        assert valid in message
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("request_memory", [512]),
+    ("request_memory", "lots"),
+    ("request_cpus", 0),
+    ("request_cpus", "2"),
+    ("request_gpus", -1),
+    ("request_gpus", True),
+    ("gpus_minimum_capability", "seven"),
+    ("max_idle", 0),
+    ("priority", 1.5),
+    ("requirements", "a\nb"),
+    ("submit_extra", {"bad key": "1"}),
+    ("submit_extra", ["x"]),
+    ("input_files", 3),
+])
+def test_ill_typed_option_is_rejected(name: str, value: object) -> None:
+    with pytest.raises(OptionError, match=name):
+        SubmitOptions.from_kwargs({name: value})
+
+
+def test_missing_input_file_names_the_path(tmp_path) -> None:
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(OptionError, match=r"nope\.csv"):
+        SubmitOptions.from_kwargs({"input_files": [str(missing)]})
+
+
+def test_submit_commands_from_options() -> None:
+    opts = SubmitOptions.from_kwargs({
+        "request_memory": 2048, "request_gpus": 1, "gpus_minimum_memory": "8GB",
+        "gpus_minimum_capability": 7.5, "max_idle": 10, "accounting_group": "group_ml.alice",
+        "submit_extra": {"My.Project": '"x"'}})
+    cmds = opts.submit_commands()
+    assert cmds["request_memory"] == "2048MB"
+    assert cmds["request_gpus"] == "1"
+    assert cmds["gpus_minimum_memory"] == "8GB"
+    assert cmds["gpus_minimum_capability"] == "7.5"
+    assert cmds["max_idle"] == "10"
+    assert cmds["accounting_group"] == "group_ml.alice"
+    assert cmds["My.Project"] == '"x"'
+    assert "priority" not in cmds
+
+
+@pytest.mark.parametrize(("text", "mb"), [("512MB", 512), ("4GB", 4096), ("2GiB", 2048),
+                                          ("1.5G", 1536), ("100", 100), ("1T", 1048576)])
+def test_size_in_mb(text: str, mb: int) -> None:
+    assert size_in_mb(text) == mb
+
+
+@pytest.mark.parametrize(("items", "slots", "size"), [
+    (10, 8, 1), (16, 8, 1), (17, 8, 3), (100, 8, 13), (1000, 8, 125), (5, 0, 1)])
+def test_auto_chunksize(items: int, slots: int, size: int) -> None:
+    assert auto_chunksize(items, slots) == size

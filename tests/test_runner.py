@@ -1,0 +1,66 @@
+"""The execute-side runner, run as the real entry point in a subprocess."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import cloudpickle
+
+from htcml_jupyter import runner
+from htcml_jupyter.payload import dump_function, dump_items, payload_header
+from tests import helpers
+
+
+def _run(tmp_path: Path) -> tuple[int, list[dict]]:
+    proc = subprocess.run([sys.executable, runner.__file__, "function.pkl", "items.pkl",
+                           "outcome.pkl"], cwd=tmp_path, capture_output=True, text=True)
+    with open(tmp_path / "outcome.pkl", "rb") as f:
+        runner.read_header(f)
+        return proc.returncode, pickle.loads(f.read())
+
+
+def test_outcome_per_item_and_exit_codes(tmp_path: Path) -> None:
+    dump_function(helpers.fail_on_multiples_of_three, {}, tmp_path / "function.pkl")
+    dump_items([(5, 1), (6, 3)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == runner.EXIT_ITEM_FAILED
+    assert [r["index"] for r in records] == [5, 6]
+    assert records[0]["ok"] and pickle.loads(records[0]["value"]) == 101
+    assert not records[1]["ok"] and records[1]["error"]["type"] == "builtins.ValueError"
+
+
+def test_python_version_mismatch_names_both_versions_and_fix(tmp_path: Path) -> None:
+    body = cloudpickle.dumps((helpers.square, {}))
+    header = payload_header()
+    header["python"] = "2.7.18"
+    runner.write_payload(str(tmp_path / "function.pkl"), header, body)
+    dump_items([(0, 2)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == runner.EXIT_PAYLOAD_FAILED
+    message = records[0]["error"]["message"]
+    assert "2.7.18" in message and runner.python_version() in message
+    assert "python=" in message and "container_image" in message
+
+
+def test_cloudpickle_version_mismatch(tmp_path: Path) -> None:
+    header = payload_header()
+    header["cloudpickle"] = "0.5.0"
+    runner.write_payload(str(tmp_path / "function.pkl"), header,
+                         cloudpickle.dumps((helpers.square, {})))
+    dump_items([(0, 2)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == runner.EXIT_PAYLOAD_FAILED
+    message = records[0]["error"]["message"]
+    assert "0.5.0" in message and cloudpickle.__version__ in message
+
+
+def test_garbage_payload_gives_a_structured_error(tmp_path: Path) -> None:
+    runner.write_payload(str(tmp_path / "function.pkl"), payload_header(), b"not a pickle")
+    dump_items([(3, 1)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == runner.EXIT_PAYLOAD_FAILED
+    assert records[0]["index"] == 3
+    assert "could not unpickle" in records[0]["error"]["message"]
