@@ -262,7 +262,7 @@ def _kill_chrooted(rootfs: str) -> None:
 
 def _master_running(prefix: list[str]) -> bool:
     out = _run([*prefix, "condor_who", "-quick"], check=False)
-    return "Master" in out and "Alive" in out
+    return 'MASTER = "Alive"' in out
 
 
 def _wait_ready(prefix: list[str], timeout: float = 90) -> None:
@@ -340,7 +340,7 @@ def _up_native(state_dir: Path, num_cpus: int) -> PoolState:
 
 def _master_running_env(env: dict[str, str]) -> bool:
     out = subprocess.run(["condor_who", "-quick"], env=env, capture_output=True, text=True)
-    return "Master" in out.stdout and "Alive" in out.stdout
+    return 'MASTER = "Alive"' in out.stdout
 
 
 # --------------------------------------------------------------------------- API
