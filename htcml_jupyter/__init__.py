@@ -24,10 +24,12 @@ from .errors import (
     RemoteError,
     WaitTimeout,
 )
+from .grid import grid_points, unpack
 from .mapping import Chunksize, Map, auto_chunksize
 from .options import OPTIONS, OptionError, describe_options
 from .paths import default_map_root
 from .payload import PickleError
+from .resources import pool_resources
 from .state import ItemState
 from .store import MapStore, list_map_names
 
@@ -51,9 +53,19 @@ __all__ = [
     "attach",
     "auto_chunksize",
     "describe_options",
+    "grid_points",
     "list_maps",
     "map",
+    "pool_resources",
+    "unpack",
 ]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext htcml_jupyter``: register the magics (``%%htc_map`` and friends)."""
+    from .magics import HTCMagics
+
+    ipython.register_magics(HTCMagics)
 
 
 def map(

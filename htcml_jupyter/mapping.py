@@ -112,6 +112,17 @@ class Map:
         counts = ", ".join(f"{k}={v}" for k, v in self.status().items() if v)
         return f"<Map {self.name!r}: {self.n_items} items on {self.backend.description}; {counts}>"
 
+    def panel(self) -> Any:
+        """Show a live progress panel (ipywidgets) for this map; returns it."""
+        from .panel import MapPanel
+
+        return MapPanel(self).show()
+
+    def _repr_html_(self) -> str:
+        from .progress import render_html, snapshot
+
+        return render_html(snapshot(self))
+
     def _load_tasks(self) -> None:
         for task, items in self.store.tasks():
             self._table.add_task(task, items)

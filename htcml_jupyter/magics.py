@@ -1,0 +1,402 @@
+"""IPython magics: a thin layer over the Python API.
+
+=====================================  ==========================================
+magic                                  Python equivalent
+=====================================  ==========================================
+``%%htc_map --over xs -o m``           ``m = htc.map(fn, xs); m.panel()``
+``%%htc_map --grid g --wait -o r``     ``r = htc.map(unpack(fn), grid_points(g)).results()``
+``%htc_maps``                          ``htc.list_maps()``
+``%htc_status NAME``                   ``htc.attach(NAME).status()``
+``%htc_attach NAME -o m``              ``m = htc.attach(NAME); m.panel()``
+``%htc_cancel NAME``                   ``htc.attach(NAME).cancel()``
+``%htc_retry NAME``                    ``htc.attach(NAME).retry()``
+``%htc_pool``                          ``htc.pool_resources()``
+``%htc_config [KEY=VALUE ...]``        ``c.HTCMagics.KEY = VALUE`` in ipython_config.py
+=====================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Int, Unicode
+
+from .errors import HTCMLError
+from .grid import grid_points, unpack
+from .options import OptionError
+from .payload import PickleError
+
+_SAFE_CALLS = {"range": range, "list": list, "tuple": tuple}
+
+
+def resolve_expression(text: str, namespace: dict[str, Any]) -> Any:
+    """Look up ``text`` in ``namespace`` without ``eval``.
+
+    Accepted: names, attributes and subscripts with literal keys (``data.texts[:100]``),
+    Python literals (``[1, 2, 3]``, ``{"lr": [0.1, 0.01]}``) and ``range(...)`` of those.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise UsageError(f"cannot read {text!r}: {exc.msg}") from None
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Name):
+            if node.id in namespace:
+                return namespace[node.id]
+            if node.id in ("True", "False", "None"):
+                return {"True": True, "False": False, "None": None}[node.id]
+            raise UsageError(f"{node.id!r} is not defined in the notebook; define it first")
+        if isinstance(node, ast.Attribute):
+            return getattr(value(node.value), node.attr)
+        if isinstance(node, ast.Subscript):
+            return value(node.value)[value(node.slice)]
+        if isinstance(node, ast.Slice):
+            return slice(*(value(n) if n is not None else None
+                           for n in (node.lower, node.upper, node.step)))
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            items = [value(e) for e in node.elts]
+            return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+        if isinstance(node, ast.Dict):
+            return {value(k): value(v) for k, v in zip(node.keys, node.values, strict=True)
+                    if k is not None}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in _SAFE_CALLS and not node.keywords):
+            return _SAFE_CALLS[node.func.id](*(value(a) for a in node.args))
+        raise UsageError(f"{text!r} is too complex for a magic argument: assign it to a "
+                         f"variable in a cell first and pass the variable's name")
+
+    try:
+        return value(tree.body)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot evaluate {text!r}: {type(exc).__name__}: {exc}") from None
+
+
+def top_level_functions(source: str) -> list[str]:
+    """Names of the functions a cell defines at its top level."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _has_widget_frontend(shell: Any) -> bool:
+    return "ipykernel" in sys.modules and getattr(shell, "kernel", None) is not None
+
+
+@magics_class
+class HTCMagics(Magics):
+    """Map notebook functions over inputs as HTCondor jobs (see ``%%htc_map?``)."""
+
+    request_memory = Unicode("1GB", help="memory per job when --memory is not given").tag(
+        config=True)
+    request_cpus = Int(1, help="CPU cores per job when --cpus is not given").tag(config=True)
+    request_disk = Unicode("1GB", help="disk per job when --disk is not given").tag(config=True)
+    pool = Unicode("", help="pool for new maps ('project', 'local' or a configuration file; "
+                   "empty: the usual search)").tag(config=True)
+    chunksize = Unicode("auto", help="items per job: a number or 'auto'").tag(config=True)
+    panel = Bool(True, help="show a live progress panel under each map").tag(config=True)
+
+    @property
+    def _shell(self) -> Any:
+        if self.shell is None:
+            raise UsageError("the htcml_jupyter magics need an IPython shell")
+        return self.shell
+
+    @property
+    def _ns(self) -> dict[str, Any]:
+        ns: dict[str, Any] = self._shell.user_ns
+        return ns
+
+    # ------------------------------------------------------------------ %%htc_map
+    @magic_arguments()
+    @argument("--over", metavar="EXPR", help="iterable to map over (a notebook variable)")
+    @argument("--grid", metavar="EXPR",
+              help="dict of lists: every combination becomes the function's keyword arguments")
+    @argument("--kwargs", metavar="EXPR", help="dict of constant keyword arguments")
+    @argument("--fn", metavar="NAME",
+              help="the function to map (default: the cell's only top-level def)")
+    @argument("--cpus", type=int, help="CPU cores per job")
+    @argument("--memory", help="memory per job, e.g. 4GB")
+    @argument("--disk", help="scratch disk per job, e.g. 10GB")
+    @argument("--gpus", type=int, help="GPUs per job")
+    @argument("--gpu-memory", help="least GPU memory, e.g. 16GB")
+    @argument("--gpu-capability", type=float, help="least CUDA capability, e.g. 7.5")
+    @argument("--image", help="container image to run the jobs in")
+    @argument("--retries", type=int, help="reruns of a job that crashes")
+    @argument("--max-idle", type=int, help="how many jobs may wait in the queue at once")
+    @argument("--chunksize", help="items per job: a number or 'auto'")
+    @argument("--name", help="the map's name (default: function name plus a tag)")
+    @argument("--pool", help="'project', 'local' or an HTCondor configuration file")
+    @argument("-o", "--output", metavar="VAR",
+              help="bind the map handle to VAR at once (with --wait: the results)")
+    @argument("--wait", action="store_true", help="block until done and bind the results")
+    @argument("--no-panel", action="store_true", help="do not show the progress panel")
+    @cell_magic
+    def htc_map(self, line: str, cell: str) -> None:
+        """Run the cell, then map its function over inputs as HTCondor jobs.
+
+        Example::
+
+            %%htc_map --over texts --gpus 1 --memory 4GB -o emb
+            def embed(text):
+                ...
+
+        The cell runs in the notebook's namespace first, so its imports and helpers
+        exist there too.  The cell returns at once with a live panel; ``-o VAR`` binds
+        the map handle (``VAR.results()`` gathers the results), ``--wait`` blocks and
+        binds the results instead.
+        """
+        args = self._parse(self.htc_map, line)
+        if bool(args.over) == bool(args.grid):
+            raise UsageError("give exactly one of --over EXPR (an iterable) or --grid EXPR "
+                             "(a dict of lists)")
+        ns = self._ns
+        inputs = resolve_expression(args.over or args.grid, ns)
+        kwargs = resolve_expression(args.kwargs, ns) if args.kwargs else None
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise UsageError(f"--kwargs must name a dict, not a {type(kwargs).__name__}")
+        function = self._run_cell_for_function(cell, args.fn)
+        if args.grid:
+            if not isinstance(inputs, dict):
+                raise UsageError(f"--grid must name a dict of lists, not a "
+                                 f"{type(inputs).__name__}")
+            try:
+                inputs = grid_points(inputs)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            function = unpack(function)
+        m = self._map(function, inputs, kwargs, args)
+        if args.output and not args.wait:
+            ns[args.output] = m
+        self._present(m, args)
+
+    def _parse(self, magic: Callable[..., Any], line: str) -> Any:
+        try:
+            return parse_argstring(magic, line)
+        except UsageError:
+            raise
+        except SystemExit:  # argparse exits on bad input
+            raise UsageError(f"bad arguments {line!r}; see %{magic.__name__}?") from None
+
+    def _run_cell_for_function(self, cell: str, name: str | None) -> Callable[..., Any]:
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the function to map in it")
+        transformed = self._shell.transform_cell(cell)
+        found = top_level_functions(transformed)
+        if name is None:
+            if len(found) != 1:
+                listed = ", ".join(found) or "none"
+                raise UsageError(f"the cell must define exactly one top-level function, or "
+                                 f"name one with --fn (found: {listed})")
+            name = found[0]
+        result = self._shell.run_cell(cell, store_history=False)
+        if not result.success:
+            raise UsageError("the cell raised an error (shown above); nothing was submitted")
+        function = self._ns.get(name)
+        if not callable(function):
+            raise UsageError(f"--fn {name}: no function of that name exists after the cell ran")
+        return function
+
+    def _options(self, args: Any) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "request_cpus": args.cpus if args.cpus is not None else self.request_cpus,
+            "request_memory": args.memory or self.request_memory,
+            "request_disk": args.disk or self.request_disk,
+        }
+        flags = {"request_gpus": args.gpus, "gpus_minimum_memory": args.gpu_memory,
+                 "gpus_minimum_capability": args.gpu_capability,
+                 "container_image": args.image, "max_retries": args.retries,
+                 "max_idle": args.max_idle}
+        options.update({k: v for k, v in flags.items() if v is not None})
+        return options
+
+    def _map(self, function: Callable[..., Any], inputs: Any, kwargs: Any, args: Any) -> Any:
+        import htcml_jupyter as htc
+
+        chunk_text = args.chunksize or self.chunksize
+        chunksize: Any = chunk_text if chunk_text == "auto" else None
+        if chunksize is None:
+            try:
+                chunksize = int(chunk_text)
+            except ValueError:
+                raise UsageError(f"--chunksize must be a number or 'auto', not "
+                                 f"{chunk_text!r}") from None
+        try:
+            return htc.map(function, inputs, kwargs=kwargs, name=args.name,
+                           chunksize=chunksize, pool=args.pool or self.pool or None,
+                           **self._options(args))
+        except (OptionError, PickleError, HTCMLError, ValueError, TypeError) as exc:
+            raise UsageError(f"nothing was submitted: {exc}") from None
+
+    def _present(self, m: Any, args: Any) -> None:
+        from IPython.display import display
+
+        from .panel import MapPanel
+        from .progress import render_text, snapshot
+
+        widgets_ok = self.panel and not args.no_panel and _has_widget_frontend(self.shell)
+        panel = MapPanel(m) if widgets_ok else None
+        if panel is not None:
+            display(panel)
+        elif not args.wait:
+            print(render_text(snapshot(m)))
+        if not args.wait:
+            return
+        last = ""
+        while not m.wait(timeout=2):
+            if panel is None:
+                text = render_text(snapshot(m)).splitlines()[0]
+                if text != last:
+                    print(text, flush=True)
+                    last = text
+        if panel is not None:
+            panel.update()
+        else:
+            print(render_text(snapshot(m)))
+        results = m.results(errors="return")
+        if args.output:
+            self._ns[args.output] = results
+        m.results()  # raises MapError, shown with the remote traceback, when items failed
+
+    # ------------------------------------------------------------------ line magics
+    def _find_map(self, name: str) -> Any:
+        import htcml_jupyter as htc
+
+        candidate = self._ns.get(name)
+        if isinstance(candidate, htc.Map):
+            return candidate
+        try:
+            return htc.attach(name)
+        except HTCMLError as exc:
+            raise UsageError(str(exc)) from None
+
+    @line_magic
+    def htc_maps(self, line: str) -> None:
+        """List the maps on disk (``htc.list_maps()``)."""
+        import htcml_jupyter as htc
+
+        infos = htc.list_maps()
+        if not infos:
+            print("no maps yet: %%htc_map makes one")
+            return
+        from IPython.display import display
+
+        rows = "".join(
+            f"<tr><td>{html.escape(i.name)}</td><td>{html.escape(i.function)}</td>"
+            f"<td>{i.n_items}</td><td>{time.strftime('%Y-%m-%d %H:%M', time.localtime(i.created))}"
+            f"</td><td>{html.escape(i.pool)}</td></tr>" for i in infos)
+        text = "\n".join(f"{i.name}  {i.function}  {i.n_items} items  {i.pool}" for i in infos)
+        display({"text/plain": text,
+                 "text/html": "<table><tr><th>name</th><th>function</th><th>items</th>"
+                              f"<th>created</th><th>pool</th></tr>{rows}</table>"}, raw=True)
+
+    @magic_arguments()
+    @argument("name", help="the map's name (or a variable holding a map)")
+    @line_magic
+    def htc_status(self, line: str) -> None:
+        """Item counts, holds and errors of a map (``htc.attach(NAME).status()``)."""
+        from .progress import render_text, snapshot
+
+        args = self._parse(self.htc_status, line)
+        print(render_text(snapshot(self._find_map(args.name))))
+
+    @magic_arguments()
+    @argument("name", help="the map's name")
+    @argument("-o", "--output", metavar="VAR", help="bind the map handle to VAR")
+    @argument("--no-panel", action="store_true", help="do not show the progress panel")
+    @line_magic
+    def htc_attach(self, line: str) -> None:
+        """Pick up a map again, e.g. after a kernel restart (``htc.attach(NAME)``)."""
+        args = self._parse(self.htc_attach, line)
+        m = self._find_map(args.name)
+        if args.output:
+            self._ns[args.output] = m
+        args.wait = False
+        self._present(m, args)
+
+    @magic_arguments()
+    @argument("name", help="the map's name (or a variable holding a map)")
+    @line_magic
+    def htc_cancel(self, line: str) -> None:
+        """Remove a map's unfinished jobs; finished results stay (``m.cancel()``)."""
+        m = self._find_map(self._parse(self.htc_cancel, line).name)
+        m.cancel()
+        print(f"cancelled the unfinished jobs of {m.name}")
+
+    @magic_arguments()
+    @argument("name", help="the map's name (or a variable holding a map)")
+    @line_magic
+    def htc_retry(self, line: str) -> None:
+        """Run a map's failed, held and removed items again (``m.retry()``)."""
+        m = self._find_map(self._parse(self.htc_retry, line).name)
+        items = m.retry()
+        print(f"retrying {len(items)} item{'s' if len(items) != 1 else ''} of {m.name}"
+              if items else f"nothing to retry in {m.name}")
+
+    @line_magic
+    def htc_pool(self, line: str) -> None:
+        """The pool new maps use: slots, CPUs, memory and GPUs, free and total."""
+        from .pools import resolve_backend
+        from .resources import pool_resources
+
+        try:
+            backend = resolve_backend(self.pool or None)
+        except HTCMLError as exc:
+            raise UsageError(str(exc)) from None
+        if backend.kind == "local":
+            print(f"pool: {backend.description}")
+            return
+        try:
+            r = pool_resources(getattr(backend, "config", None))
+        except HTCMLError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"pool: {backend.description}\n"
+              f"  {r.machines} machine(s), {r.slots} slot(s)\n"
+              f"  CPUs   {r.cpus_free} free of {r.cpus_total}\n"
+              f"  memory {r.memory_free_mb} MB free of {r.memory_total_mb} MB\n"
+              f"  GPUs   {r.gpus_free} free of {r.gpus_total}")
+
+    @line_magic
+    def htc_config(self, line: str) -> None:
+        """Show the magics' defaults, or set them: ``%htc_config request_memory=4GB``.
+
+        The same settings go in ipython_config.py as ``c.HTCMagics.request_memory``.
+        """
+        names = sorted(self.trait_names(config=True))
+        line = line.strip()
+        if not line:
+            for name in names:
+                trait = self.traits()[name]
+                print(f"{name:<15} = {getattr(self, name)!r:<12}  {trait.help}")
+            return
+        for pair in line.split():
+            key, sep, raw = pair.partition("=")
+            if not sep or key not in names:
+                raise UsageError(f"use KEY=VALUE with KEY one of {', '.join(names)}")
+            trait = self.traits()[key]
+            try:
+                value: Any = raw
+                if isinstance(trait, Int):
+                    value = int(raw)
+                elif isinstance(trait, Bool):
+                    value = raw.lower() in ("1", "true", "yes", "on")
+                setattr(self, key, value)
+            except Exception as exc:
+                raise UsageError(f"{key}: {exc}") from None
+            print(f"{key} = {getattr(self, key)!r}")

@@ -1,0 +1,200 @@
+"""A live ipywidgets panel for a map.
+
+Header (name, cluster, pool, resources), a stacked bar by state with counts, a
+progress bar that turns green when every item succeeded and red otherwise, elapsed
+time and an estimate of the time left, a short list of the failed, held and removed
+items (clicking one shows its remote traceback, stderr tail or hold reason), and
+Cancel / Retry failed / Release held buttons.
+
+Updates come from one background thread, at most twice a second, that stops when the
+map is finished (Retry and Release start it again).  Where no widget front end exists
+the panel's display data also carries the same information as text and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .progress import (
+    MapProgress,
+    header_html,
+    legend_html,
+    render_html,
+    render_text,
+    snapshot,
+    stacked_bar_html,
+)
+from .state import ItemState
+
+if TYPE_CHECKING:
+    from .mapping import Map
+
+#: Seconds between two updates of a live panel.
+UPDATE_INTERVAL = 0.5
+
+
+class MapPanel:
+    """The live progress panel of one map (display it, or call :meth:`show`)."""
+
+    def __init__(self, m: Map, interval: float = UPDATE_INTERVAL, start: bool = True):
+        import ipywidgets as w
+
+        self.map = m
+        self.interval = interval
+        self.header = w.HTML()
+        self.stacked = w.HTML()
+        self.progress = w.IntProgress(value=0, min=0, max=max(m.n_items, 1),
+                                      layout=w.Layout(width="100%"))
+        self.label = w.Label()
+        self.legend = w.HTML()
+        self.items = w.Select(options=[], rows=5, layout=w.Layout(width="100%"),
+                              description="problems")
+        self.detail = w.HTML()
+        self.cancel_button = w.Button(description="Cancel", icon="stop",
+                                      tooltip="remove every unfinished job of this map")
+        self.retry_button = w.Button(description="Retry failed", icon="redo",
+                                     tooltip="run failed, held and removed items again")
+        self.release_button = w.Button(description="Release held", icon="play",
+                                       tooltip="let held jobs run again")
+        self.message = w.HTML()
+        self.cancel_button.on_click(lambda _: self._act("cancel"))
+        self.retry_button.on_click(lambda _: self._act("retry"))
+        self.release_button.on_click(lambda _: self._act("release"))
+        self.items.observe(self._show_item, names="value")
+        self.items_box = w.VBox([self.items, self.detail], layout=w.Layout(display="none"))
+        self.widget = w.VBox([
+            self.header, self.stacked, w.HBox([self.progress, self.label]), self.legend,
+            self.items_box,
+            w.HBox([self.cancel_button, self.retry_button, self.release_button, self.message]),
+        ])
+        self.widget.add_class("htcml-panel")
+        self.last: MapProgress | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.update()
+        if start:
+            self.start()
+
+    # ---------------------------------------------------------------- updates
+    def update(self) -> MapProgress:
+        """Read the map's state once and redraw what changed."""
+        with self._lock:
+            p = snapshot(self.map)
+            self._draw(p)
+            self.last = p
+            return p
+
+    def _draw(self, p: MapProgress) -> None:
+        self.header.value = header_html(p)
+        self.stacked.value = stacked_bar_html(p)
+        self.progress.max = max(p.total, 1)
+        self.progress.value = p.done
+        self.label.value = p.headline
+        self.legend.value = legend_html(p)
+        if p.finished:
+            self.progress.bar_style = "success" if p.succeeded else "danger"
+        elif p.counts[ItemState.FAILED] or p.counts[ItemState.HELD]:
+            self.progress.bar_style = "warning"
+        else:
+            self.progress.bar_style = "info"
+        options = [(f"item {q.item} {q.state.value}: {q.summary[:80]}", q.item)
+                   for q in p.problems]
+        if [o[1] for o in options] != [o[1] for o in self.items.options]:
+            self.items.options = options
+        self.items_box.layout.display = "flex" if options else "none"
+        self.cancel_button.disabled = p.finished
+        self.retry_button.disabled = not any(
+            p.counts[s] for s in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
+        self.release_button.disabled = not p.counts[ItemState.HELD]
+
+    def _show_item(self, change: dict[str, Any]) -> None:
+        item = change.get("new")
+        if item is None:
+            self.detail.value = ""
+            return
+        self.detail.value = item_detail_html(self.map, int(item))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                p = self.update()
+            except Exception as exc:  # keep the kernel alive; show what went wrong
+                self.message.value = f"<i>update failed: {html.escape(str(exc))}</i>"
+                continue
+            if p.finished:
+                return
+
+    def start(self) -> None:
+        """Start (or restart) the background updates."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"htcml-panel-{self.map.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background updates (the final state stays visible)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+        self.widget.close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---------------------------------------------------------------- actions
+    def _act(self, action: str) -> None:
+        try:
+            if action == "cancel":
+                self.map.cancel()
+                text = "cancel sent: unfinished jobs are being removed"
+            elif action == "retry":
+                items = self.map.retry()
+                text = f"retrying {len(items)} item{'s' if len(items) != 1 else ''}"
+            else:
+                n = self.map.release()
+                text = f"released {n} held job{'s' if n != 1 else ''}"
+        except Exception as exc:
+            text = f"{action} failed: {exc}"
+        self.message.value = f"<i>{html.escape(text)}</i>"
+        self.update()
+        self.start()
+
+    # ---------------------------------------------------------------- display
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        p = self.last or snapshot(self.map)
+        bundle["text/plain"] = render_text(p)
+        bundle["text/html"] = render_html(p)
+        return bundle
+
+    def show(self) -> MapPanel:
+        from IPython.display import display
+
+        display(self)
+        return self
+
+
+def item_detail_html(m: Map, item: int) -> str:
+    """What went wrong with one item: traceback, hold reason or removal, plus stderr."""
+    state = m.item_states()[item]
+    parts = [f"<b>item {item}</b>: {html.escape(state.value)}"]
+    if state is ItemState.FAILED:
+        err = m.errors.get(item)
+        if err is not None:
+            where = f" on {html.escape(err.host or '?')}, job {html.escape(err.job_id or '?')}"
+            parts.append(f"{where}<pre>{html.escape(err.traceback_text)}</pre>")
+    elif state is ItemState.HELD:
+        parts.append(f"<pre>{html.escape(m.holds.get(item, 'held'))}</pre>")
+    tail = m.stderr(item)[-2000:]
+    if tail.strip():
+        parts.append(f"stderr (last lines):<pre>{html.escape(tail)}</pre>")
+    return "".join(parts)

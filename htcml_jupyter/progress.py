@@ -1,0 +1,201 @@
+"""Progress of a map as data, and its text and HTML renderings.
+
+The data (:class:`MapProgress`) is kept apart from how it is drawn: the ipywidgets
+panel (:mod:`htcml_jupyter.panel`), the text shown in a terminal, and the HTML shown
+where no widget front end exists all draw the same snapshot.  Everything put into
+HTML is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .state import ItemState
+
+if TYPE_CHECKING:
+    from .mapping import Map
+
+#: Colours of the stacked bar, per state.
+COLOURS = {
+    ItemState.DONE: "#2e7d32",
+    ItemState.RUNNING: "#1e88e5",
+    ItemState.IDLE: "#b0bec5",
+    ItemState.HELD: "#f9a825",
+    ItemState.FAILED: "#c62828",
+    ItemState.REMOVED: "#6d4c41",
+}
+
+#: At most this many problem items are listed in a snapshot (the rest are counted).
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class ItemProblem:
+    """One failed, held or removed item, summarised for display."""
+
+    item: int
+    state: ItemState
+    summary: str
+
+
+@dataclass(frozen=True)
+class MapProgress:
+    """A snapshot of a map for display."""
+
+    name: str
+    clusters: list[int]
+    pool: str
+    resources: str
+    total: int
+    counts: dict[ItemState, int]
+    elapsed: float
+    eta: float | None
+    problems: list[ItemProblem] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.counts[ItemState.DONE]
+
+    @property
+    def finished(self) -> bool:
+        return sum(n for s, n in self.counts.items() if s.settled) == self.total
+
+    @property
+    def succeeded(self) -> bool:
+        return self.done == self.total
+
+    @property
+    def headline(self) -> str:
+        """E.g. ``'37 / 40 done'``: the figure every rendering shows first."""
+        return f"{self.done} / {self.total} done"
+
+
+def _resources(m: Map) -> str:
+    o = m.options
+    parts = [f"{o['request_cpus']} CPU", str(o["request_memory"])]
+    if o["request_gpus"]:
+        parts.append(f"{o['request_gpus']} GPU")
+    return ", ".join(parts)
+
+
+def snapshot(m: Map) -> MapProgress:
+    """Read the map's latest state and summarise it."""
+    states = m.item_states()
+    counts = {s: 0 for s in ItemState}
+    for s in states:
+        counts[s] += 1
+    created = float(m.meta.get("created", time.time()))
+    elapsed = time.time() - created
+    done = counts[ItemState.DONE] + counts[ItemState.FAILED]
+    pending = len(states) - sum(n for s, n in counts.items() if s.settled)
+    eta = None
+    if 0 < done and pending:
+        eta = elapsed / done * pending
+    elif not pending:
+        eta = 0.0
+    problems: list[ItemProblem] = []
+    holds = m.holds if counts[ItemState.HELD] else {}
+    errors = m.errors if counts[ItemState.FAILED] else {}
+    for i, s in enumerate(states):
+        if len(problems) >= MAX_LISTED:
+            break
+        if s is ItemState.FAILED:
+            err = errors.get(i)
+            summary = f"{err.short_type}: {err.message}" if err else "failed"
+        elif s is ItemState.HELD:
+            summary = holds.get(i, "held")
+        elif s is ItemState.REMOVED:
+            summary = "removed"
+        else:
+            continue
+        problems.append(ItemProblem(i, s, summary))
+    return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), len(states),
+                       counts, elapsed, eta, problems)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def count_line(p: MapProgress) -> str:
+    return ", ".join(f"{s.value} {n}" for s, n in p.counts.items() if n)
+
+
+def render_text(p: MapProgress, width: int = 40) -> str:
+    """Plain text for terminals and logs."""
+    filled = int(width * p.done / p.total) if p.total else 0
+    bar = "#" * filled + "-" * (width - filled)
+    when = (f"elapsed {format_seconds(p.elapsed)}"
+            + ("" if p.finished else f", about {format_seconds(p.eta)} left"))
+    lines = [f"{p.name}  [{bar}] {p.headline}  ({count_line(p)}; {when})"]
+    for prob in p.problems[:10]:
+        lines.append(f"  item {prob.item} {prob.state.value}: {prob.summary}")
+    hidden = sum(p.counts[s] for s in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
+    if hidden > 10:
+        lines.append(f"  ... {hidden - 10} more")
+    return "\n".join(lines)
+
+
+def stacked_bar_html(p: MapProgress) -> str:
+    """The stacked bar by state, as escaped HTML."""
+    cells = []
+    for state in (ItemState.DONE, ItemState.FAILED, ItemState.HELD, ItemState.REMOVED,
+                  ItemState.RUNNING, ItemState.IDLE):
+        n = p.counts[state]
+        if not n:
+            continue
+        pct = 100.0 * n / p.total
+        cells.append(f'<div title="{html.escape(state.value)}: {n}" class="htcml-bar-{state.value}"'
+                     f' style="width:{pct:.3f}%;background:{COLOURS[state]};height:100%"></div>')
+    return ('<div class="htcml-stacked-bar" style="display:flex;width:100%;height:14px;'
+            'border-radius:3px;overflow:hidden;background:#eceff1">' + "".join(cells) + "</div>")
+
+
+def legend_html(p: MapProgress) -> str:
+    parts = []
+    for state, n in p.counts.items():
+        if n:
+            parts.append(f'<span style="color:{COLOURS[state]};font-weight:600">&#9632;</span>'
+                         f" {html.escape(state.value)} {n}")
+    return " &nbsp; ".join(parts)
+
+
+def header_html(p: MapProgress) -> str:
+    clusters = ", ".join(map(str, p.clusters)) or "-"
+    status = ("finished" if p.finished else
+              f"elapsed {format_seconds(p.elapsed)}, about {format_seconds(p.eta)} left")
+    if p.finished:
+        status = f"finished in {format_seconds(p.elapsed)}"
+    return (f'<div class="htcml-header"><b>{html.escape(p.name)}</b> &middot; cluster '
+            f"{html.escape(clusters)} &middot; {html.escape(p.pool)} &middot; "
+            f"{html.escape(p.resources)}<br>"
+            f'<span class="htcml-headline" style="font-weight:600">{html.escape(p.headline)}'
+            f"</span> &middot; {html.escape(status)}</div>")
+
+
+def problems_html(p: MapProgress) -> str:
+    if not p.problems:
+        return ""
+    rows = "".join(f"<tr><td>{prob.item}</td><td>{html.escape(prob.state.value)}</td>"
+                   f"<td><code>{html.escape(prob.summary[:300])}</code></td></tr>"
+                   for prob in p.problems[:20])
+    return ('<table class="htcml-problems"><tr><th>item</th><th>state</th><th>why</th></tr>'
+            f"{rows}</table>")
+
+
+def render_html(p: MapProgress) -> str:
+    """A self-contained HTML summary (no widgets needed)."""
+    return (f'<div class="htcml-map">{header_html(p)}{stacked_bar_html(p)}'
+            f"<div>{legend_html(p)}</div>{problems_html(p)}</div>")
