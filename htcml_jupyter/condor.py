@@ -190,26 +190,38 @@ class CondorBackend:
                 f"those, or run `htcml pool up` again with this HTCML_HOME")
 
     def capacity(self, options: SubmitOptions) -> int:
-        """How many jobs with these resources the pool's machines can run at once."""
+        """How many jobs with these resources the pool's machines can run at once.
+
+        Counted from each machine's full size (a partitionable slot's totals, static
+        slots one each), not from what is free now: busy dynamic slots come and go.
+        """
         import htcondor2
 
         activate_config(self.config)
         cpus = int(options["request_cpus"])
-        mem = size_in_mb(options["request_memory"])
+        mem = max(size_in_mb(options["request_memory"]), 1)
         gpus = int(options["request_gpus"])
         try:
             ads = htcondor2.Collector().query(
                 htcondor2.AdType.Startd,
-                projection=["SlotType", "Cpus", "Memory", "GPUs", "State"])
+                projection=["SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
+                            "TotalSlotMemory", "TotalSlotGPUs"])
         except Exception:
             return 0
         total = 0
         for ad in ads:
-            fits = [int(ad.get("Cpus", 0)) // cpus, int(ad.get("Memory", 0)) // max(mem, 1)]
+            kind = ad.get("SlotType", "Static")
+            if kind == "Dynamic":
+                continue  # carved out of a partitionable slot counted below
+            prefix = "TotalSlot" if kind == "Partitionable" else ""
+            have_cpus = int(ad.get(f"{prefix}Cpus", ad.get("Cpus", 0)) or 0)
+            have_mem = int(ad.get(f"{prefix}Memory", ad.get("Memory", 0)) or 0)
+            have_gpus = int(ad.get(f"{prefix}GPUs", ad.get("GPUs", 0)) or 0)
+            fits = [have_cpus // cpus, have_mem // mem]
             if gpus:
-                fits.append(int(ad.get("GPUs", 0) or 0) // gpus)
+                fits.append(have_gpus // gpus)
             n = min(fits)
-            total += n if ad.get("SlotType") == "Partitionable" else min(n, 1)
+            total += n if kind == "Partitionable" else min(n, 1)
         return total
 
     def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,

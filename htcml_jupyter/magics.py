@@ -42,9 +42,13 @@ def resolve_expression(text: str, namespace: dict[str, Any]) -> Any:
 
     Accepted: names, attributes and subscripts with literal keys (``data.texts[:100]``),
     Python literals (``[1, 2, 3]``, ``{"lr": [0.1, 0.01]}``) and ``range(...)`` of those.
+    Quote an expression that holds spaces: ``--kwargs "{'c': 100}"``.
     """
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]  # quoted on the magic's line to keep spaces together
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise UsageError(f"cannot read {text!r}: {exc.msg}") from None
 
@@ -138,6 +142,8 @@ class HTCMagics(Magics):
     @argument("--gpu-memory", help="least GPU memory, e.g. 16GB")
     @argument("--gpu-capability", type=float, help="least CUDA capability, e.g. 7.5")
     @argument("--image", help="container image to run the jobs in")
+    @argument("--files", metavar="EXPR",
+              help="list of paths or URLs sent to every job's working folder")
     @argument("--retries", type=int, help="reruns of a job that crashes")
     @argument("--max-idle", type=int, help="how many jobs may wait in the queue at once")
     @argument("--chunksize", help="items per job: a number or 'auto'")
@@ -189,8 +195,8 @@ class HTCMagics(Magics):
     def _parse(self, magic: Callable[..., Any], line: str) -> Any:
         try:
             return parse_argstring(magic, line)
-        except UsageError:
-            raise
+        except UsageError as exc:
+            raise UsageError(f"{exc} (see %{magic.__name__}? for the options)") from None
         except SystemExit:  # argparse exits on bad input
             raise UsageError(f"bad arguments {line!r}; see %{magic.__name__}?") from None
 
@@ -222,7 +228,8 @@ class HTCMagics(Magics):
         flags = {"request_gpus": args.gpus, "gpus_minimum_memory": args.gpu_memory,
                  "gpus_minimum_capability": args.gpu_capability,
                  "container_image": args.image, "max_retries": args.retries,
-                 "max_idle": args.max_idle}
+                 "max_idle": args.max_idle,
+                 "input_files": resolve_expression(args.files, self._ns) if args.files else None}
         options.update({k: v for k, v in flags.items() if v is not None})
         return options
 

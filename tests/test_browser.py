@@ -1,0 +1,157 @@
+"""The live map panel in a real JupyterLab page, driven in headless Chromium.
+
+A notebook runs ``%%htc_map`` twice on the project's pool: a map whose items all
+succeed (the bar fills and turns green, the label reads ``12 / 12 done``) and one
+where an item raises (``3 / 4 done``, red).  Needs Debian's Chromium and, in the
+virtualenv, JupyterLab and Playwright: ``scripts/install-browser`` installs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jupyter_server import JupyterLab
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage"]
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
+#: Seconds a map may take to finish on the pool, as the page shows it.
+MAP_TIMEOUT = 90
+
+NOTEBOOK_CELLS = [
+    "%load_ext htcml_jupyter",
+    "%%htc_map --over range(12) -o m\ndef double(x):\n    return 2 * x",
+    "%%htc_map --over range(4) -o bad\ndef inv(x):\n    return 1 / x",
+]
+
+#: True once the open notebook's kernel is connected and idle.
+KERNEL_IDLE_JS = """() => {
+  const app = window.jupyterapp;
+  const widget = app && app.shell.currentWidget;
+  const session = widget && widget.sessionContext && widget.sessionContext.session;
+  const kernel = session && session.kernel;
+  return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+}"""
+
+pytestmark = pytest.mark.pool
+
+
+def _missing_parts() -> list[str]:
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(CHROMIUM)
+    for module in ("playwright", "jupyterlab", "ipykernel", "nbformat"):
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"the Python package {module}")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def browser_parts() -> None:
+    missing = _missing_parts()
+    if missing:
+        pytest.fail(f"the browser test needs {', '.join(missing)}: run scripts/install-browser",
+                    pytrace=False)
+
+
+@pytest.fixture
+def lab(browser_parts: None, pool: str, map_root: Path, tmp_path: Path) -> Iterator[JupyterLab]:
+    """JupyterLab whose kernels put maps under ``map_root`` and submit to the pool."""
+    env = {"HTCML_HOME": str(map_root), "HTCML_POOL": pool, "HTCML_LOCAL_FALLBACK": "0"}
+    server = JupyterLab(tmp_path / "lab", env=env)
+    with server:
+        yield server
+
+
+def _write_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in NOTEBOOK_CELLS]
+    nbformat.write(nb, str(path))
+
+
+def _page_state(page: Any) -> str:
+    """What the cells show, for a failure message."""
+    try:
+        texts = page.locator(".jp-Notebook .jp-CodeCell").evaluate_all(
+            "cells => cells.map((c, i) => `cell ${i}: ` + "
+            "(c.querySelector('.jp-OutputArea') || {innerText: ''}).innerText)")
+        return "\n".join(texts)
+    except Exception as exc:
+        return f"(could not read the page: {exc})"
+
+
+def _check_panel(out: Any, headline: str, percent: int, style: str) -> None:
+    """One finished panel: label, progress bar (width and colour), header, stacked bar."""
+    from playwright.sync_api import expect
+
+    width = re.compile(rf"(^|;)\s*width:\s*{percent}(\.0*)?%")
+    panel = out.locator(".htcml-panel")
+    label = panel.locator(".widget-hbox:has(> .widget-hprogress) > .widget-label")
+    expect(label).to_have_text(headline, timeout=MAP_TIMEOUT * 1000)
+    bar = panel.locator(".widget-hprogress .progress-bar")
+    expect(bar).to_have_attribute("style", width, timeout=5000)
+    expect(bar).to_have_class(re.compile(rf"\bprogress-bar-{style}\b"), timeout=5000)
+    header = panel.locator(".htcml-header")
+    expect(header).to_contain_text("the project's pool")
+    expect(header).to_contain_text("finished in")
+    expect(header.locator(".htcml-headline")).to_have_text(headline)
+    done = panel.locator(".htcml-stacked-bar .htcml-bar-done")
+    expect(done).to_have_attribute("style", width)
+
+
+def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    _write_notebook(lab.root_dir / "panel.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SHOTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(lab.notebook_url("panel.ipynb"))
+            page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
+            lab.remember_kernels()
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            expect(cells).to_have_count(len(NOTEBOOK_CELLS))
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+            ok = cells.nth(1).locator(".jp-OutputArea-output")
+            expect(ok.locator(".htcml-panel")).to_have_count(1, timeout=30_000)
+            # The panel is displayed as the map is submitted (0 / 12 done): only updates
+            # from the kernel's thread can bring it to the end.
+            _check_panel(ok, "12 / 12 done", 100, "success")
+            ok.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel.png"))
+
+            bad = cells.nth(2).locator(".jp-OutputArea-output")
+            _check_panel(bad, "3 / 4 done", 75, "danger")
+            expect(bad.locator(".htcml-panel .widget-select")).to_contain_text(
+                "ZeroDivisionError")
+            bad.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-failed.png"))
+            page.screenshot(path=str(SHOTS / "page.png"))
+        except Exception as exc:
+            try:
+                page.screenshot(path=str(SHOTS / "failure.png"))
+            except Exception:
+                pass
+            raise AssertionError(
+                f"{exc}\n--- the notebook's outputs ---\n{_page_state(page)}"
+                f"\n--- JupyterLab's log ends ---\n{lab.log_tail(2000)}"
+                f"\n(screenshot: {SHOTS / 'failure.png'})") from exc
+        finally:
+            browser.close()
