@@ -111,7 +111,7 @@ def restore_source_lines(traceback_text: str, locations: dict[str, str]) -> str:
         out.append(f'{indent}File "{filename}", line {lineno}, in {m.group(3)}')
         source = linecache.getline(filename, lineno).strip()
         if source:
-            out.append(f"{indent}    {source}")
+            out.append(f"{indent}  {source}")
     return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")
 
 
