@@ -8,6 +8,7 @@ jobs that vanished without a terminal event).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import runner
+from . import job, runner
 from .errors import PoolUnavailable
 from .options import SubmitOptions, size_in_mb
 from .state import EventKind, TaskEvent, TaskTable
@@ -112,6 +113,11 @@ class CondorEventReader:
             self._log = htcondor2.JobEventLog(str(self.store.event_log))
         out: list[TaskEvent] = []
         for event in self._log.events(stop_after=0):
+            if event.type.name == "ATTRIBUTE_UPDATE":
+                report = self._report(event)
+                if report is not None:
+                    out.append(report)
+                continue
             if event.type.name == "CLUSTER_REMOVE":
                 # Late materialization: jobs never materialized end with their cluster.
                 self._learn_submissions()
@@ -131,6 +137,24 @@ class CondorEventReader:
                 continue
             out.append(TaskEvent(task, kind, float(event.timestamp), _detail(kind, event)))
         return out
+
+    def _report(self, event: Any) -> TaskEvent | None:
+        if event.get("Attribute") != job.REPORT_ATTRIBUTE:
+            return None
+        key = (event.cluster, event.proc)
+        if key not in self._job_task:
+            self._learn_submissions()
+        task = self._job_task.get(key)
+        if task is None:
+            return None
+        try:
+            value = event.get("Value")
+            text = json.loads(value) if isinstance(value, str) and value.startswith('"') else value
+            records = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        return TaskEvent(task, EventKind.REPORTED, float(event.timestamp),
+                         {"records": records})
 
     def close(self) -> None:
         if self._log is not None:
@@ -230,8 +254,8 @@ class CondorBackend:
 
         python = options["python"] or ("python3" if options["container_image"] else
                                        _default_python())
-        inputs = [str(Path(runner.__file__)), str(store.function_file),
-                  *[str(p) for p in options["input_files"]]]
+        inputs = [str(Path(runner.__file__)), str(Path(job.__file__)), _htchirp_file(),
+                  str(store.function_file), *[str(p) for p in options["input_files"]]]
         commands: dict[str, str] = {
             "universe": "vanilla",
             "executable": python,
@@ -253,6 +277,11 @@ class CondorBackend:
             "batch_name": batch_name,
             "My.HtcmlMap": f'"{store.name}"',
             "My.HtcmlTask": "$(task)",
+            # live reports (htcml_jupyter.report) go through chirp to the event log
+            "My.WantIOProxy": "true",
+            # self-checkpointing (htcml_jupyter.checkpoint): exit 85 spools the folder
+            "checkpoint_exit_code": str(job.CHECKPOINT_EXIT_CODE),
+            "transfer_checkpoint_files": job.CHECKPOINT_DIR,
         }
         commands.update(options.submit_commands())
         if options["max_retries"]:
@@ -316,6 +345,13 @@ class CondorBackend:
                 out.append(TaskEvent(status.task, EventKind.REMOVED, time.time(), {
                     "reason": "the job left the queue without a terminal event in the log"}))
         return out
+
+
+def _htchirp_file() -> str:
+    """HTCondor's pure-Python chirp client, shipped so reports work on any execute node."""
+    from htcondor2.htchirp import htchirp
+
+    return str(Path(htchirp.__file__))
 
 
 def _default_python() -> str:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import runner
+from . import job, runner
 from .options import SubmitOptions
 from .state import EventKind, TaskEvent, TaskTable
 from .store import MapStore
@@ -44,26 +44,32 @@ class LocalEventReader:
 
     def __init__(self, store: MapStore):
         self.path = store.path / "logs" / EVENTS
-        self._offset = 0
-        self._partial = b""
+        self._offsets: dict[Path, int] = {}
+        self._partial: dict[Path, bytes] = {}
 
-    def read(self) -> list[TaskEvent]:
+    def _new_lines(self, path: Path) -> list[dict[str, Any]]:
         try:
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
+            with path.open("rb") as f:
+                f.seek(self._offsets.get(path, 0))
                 data = f.read()
         except FileNotFoundError:
             return []
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
+        self._offsets[path] = self._offsets.get(path, 0) + len(data)
+        lines = (self._partial.get(path, b"") + data).split(b"\n")
+        self._partial[path] = lines.pop()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def read(self) -> list[TaskEvent]:
         out = []
-        for line in lines:
-            if line.strip():
-                row = json.loads(line)
-                out.append(TaskEvent(int(row["task"]), EventKind(row["kind"]),
-                                     float(row["time"]), row.get("detail", {})))
+        for row in self._new_lines(self.path):
+            out.append(TaskEvent(int(row["task"]), EventKind(row["kind"]),
+                                 float(row["time"]), row.get("detail", {})))
+        for metrics in sorted(self.path.parent.glob("metrics-task-*.jsonl")):
+            records = self._new_lines(metrics)
+            if records:
+                task = int(metrics.stem.split("-")[-1])
+                out.append(TaskEvent(task, EventKind.REPORTED, time.time(),
+                                     {"records": records}))
         return out
 
     def close(self) -> None:
@@ -178,6 +184,7 @@ class _Executor:
         shutil.rmtree(sandbox, ignore_errors=True)
         sandbox.mkdir(parents=True)
         shutil.copy(runner.__file__, sandbox / "runner.py")
+        shutil.copy(job.__file__, sandbox / "job.py")
         os.symlink(self.store.function_file, sandbox / "function.pkl")
         os.symlink(self.store.input_file(task), sandbox / f"task-{task}.pkl")
         for item in self.inputs:
@@ -186,19 +193,24 @@ class _Executor:
         _append_event(self.store, task, EventKind.STARTED, host=self.host)
         with self.store.stdout_file(task).open("wb") as out, \
                 self.store.stderr_file(task).open("wb") as err:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "_HTCML_LOCAL": "1"}
-            proc = subprocess.Popen([self.python, "runner.py", "function.pkl",
-                                     f"task-{task}.pkl", "outcome.pkl"],
-                                    cwd=sandbox, stdout=out, stderr=err, env=env,
-                                    stdin=subprocess.DEVNULL)
-            with self.lock:
-                self.children[task] = proc
-            while proc.poll() is None:
-                if self.removed(task):
-                    proc.kill()
-                time.sleep(0.05)
-            with self.lock:
-                self.children.pop(task, None)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "_HTCML_LOCAL": "1",
+                   "_HTCML_METRICS_FILE": str(self.store.path / "logs" /
+                                              f"metrics-task-{task}.jsonl")}
+            while True:  # a checkpoint exit restarts the job in place, as HTCondor does
+                proc = subprocess.Popen([self.python, "runner.py", "function.pkl",
+                                         f"task-{task}.pkl", "outcome.pkl"],
+                                        cwd=sandbox, stdout=out, stderr=err, env=env,
+                                        stdin=subprocess.DEVNULL)
+                with self.lock:
+                    self.children[task] = proc
+                while proc.poll() is None:
+                    if self.removed(task):
+                        proc.kill()
+                    time.sleep(0.05)
+                with self.lock:
+                    self.children.pop(task, None)
+                if proc.returncode != job.CHECKPOINT_EXIT_CODE or self.removed(task):
+                    break
         if self.removed(task) and proc.returncode < 0:
             _append_event(self.store, task, EventKind.REMOVED, reason="removed while running")
         else:

@@ -17,7 +17,7 @@ from .errors import HTCMLError, ItemHeld, ItemRemoved, MapError, RemoteError
 from .options import OptionError, SubmitOptions
 from .payload import code_locations, dump_function, dump_items, restore_source_lines
 from .runner import ITEM_MARKER, read_header
-from .state import ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
+from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
 
 ErrorMode = Literal["raise", "return"]
@@ -90,6 +90,9 @@ class Map:
         self._lock = threading.RLock()
         self._table = TaskTable()
         self._outcomes: dict[int, dict[int, dict[str, Any]]] = {}
+        self._reports: dict[int, list[dict[str, Any]]] = {}
+        self._checkpoints: dict[int, dict[str, Any]] = {}
+        self.reports_seen = 0
         self._reader = backend.event_reader(store)
         self._last_change = time.time()
         self._load_tasks()
@@ -133,10 +136,63 @@ class Map:
         with self._lock:
             changed = False
             for event in self._reader.read():
-                changed |= self._table.apply(event)
+                if event.kind is EventKind.REPORTED:
+                    changed |= self._add_reports(event)
+                else:
+                    changed |= self._table.apply(event)
             if changed:
                 self._last_change = time.time()
             return changed
+
+    def _add_reports(self, event: TaskEvent) -> bool:
+        status = self._table.tasks.get(event.task)
+        default_item = status.items[0] if status and status.items else None
+        for record in event.detail.get("records", []):
+            item = record.get("i", default_item)
+            if item is None:
+                continue
+            item = int(item)
+            if "m" in record:
+                row = {"step": record.get("s"), "time": record.get("t"), **record["m"]}
+                self._reports.setdefault(item, []).append(row)
+                self.reports_seen += 1
+            elif "saved" in record:
+                info = self._checkpoints.setdefault(item, {"saved": None, "restored": []})
+                info["saved"] = record["saved"]
+            elif "restored" in record:
+                info = self._checkpoints.setdefault(item, {"saved": None, "restored": []})
+                info["restored"].append(record["restored"])
+        return True
+
+    def reports(self, item: int) -> list[dict[str, Any]]:
+        """What ``item`` reported with ``htcml_jupyter.report()``, oldest first: dicts of
+        ``step``, ``time`` and the metrics."""
+        self._check_index(item)
+        self.refresh()
+        with self._lock:
+            return list(self._reports.get(item, []))
+
+    def all_reports(self) -> dict[int, list[dict[str, Any]]]:
+        """``{item: reports}`` for every item that reported anything."""
+        self.refresh()
+        with self._lock:
+            return {i: list(r) for i, r in self._reports.items()}
+
+    def checkpoints(self) -> dict[int, dict[str, Any]]:
+        """Per item: the step of the last saved checkpoint, the steps it was restored
+        from (one per restart), and how often its job was evicted."""
+        self.refresh()
+        with self._lock:
+            out = {}
+            for item, task in self._table.item_task.items():
+                info = self._checkpoints.get(item)
+                status = self._table.tasks[task]
+                if info is None and not status.evictions:
+                    continue
+                info = info or {"saved": None, "restored": []}
+                out[item] = {"saved": info["saved"], "restored": list(info["restored"]),
+                             "evictions": status.evictions}
+            return out
 
     def _check_vanished(self) -> None:
         if time.time() - self._last_change < VANISHED_CHECK_AFTER:
@@ -386,6 +442,42 @@ class Map:
             clusters = {int(s["cluster"]) for s in self.store.submissions()}
             self.backend.remove(self.store, [], clusters)
 
+    def abort(self, items: Iterable[int], reason: str = "aborted") -> list[int]:
+        """Stop unfinished items on purpose (e.g. early stopping): their jobs are removed
+        and they are recorded as aborted with ``reason``; returns the items stopped."""
+        states = self.item_states()
+        with self._lock:
+            stopped = []
+            job_ids = []
+            for item in items:
+                self._check_index(item)
+                if states[item].settled:
+                    continue
+                status = self._table.tasks[self._table.item_task[item]]
+                self.store.add_abort(item, reason)
+                stopped.append(item)
+                if status.job_id:
+                    job_ids.append(status.job_id)
+                else:
+                    job_ids.append(self._planned_job_id(status.task))
+            ids = [j for j in dict.fromkeys(job_ids) if j]
+            if ids:
+                self.backend.remove(self.store, ids, set())
+            return stopped
+
+    def _planned_job_id(self, task: int) -> str:
+        for sub in self.store.submissions():
+            if task in sub["tasks"]:
+                cluster = int(sub["cluster"])
+                prefix = "local" if cluster < 0 else str(cluster)
+                return f"{prefix}.{task if cluster < 0 else sub['tasks'].index(task)}"
+        return ""
+
+    @property
+    def aborted(self) -> dict[int, str]:
+        """Items stopped on purpose with :meth:`abort`: ``{item: reason}``."""
+        return self.store.aborted()
+
     def release(self) -> int:
         """Release held jobs so they run again; returns how many were released."""
         self.refresh()
@@ -471,7 +563,8 @@ def _give_to_job_user(store: MapStore, backend: Backend) -> None:
 
 def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
                kwargs: dict[str, Any] | None, backend: Backend, root: Path,
-               name: str | None, chunksize: Chunksize, options: dict[str, Any]) -> Map:
+               name: str | None, chunksize: Chunksize, options: dict[str, Any],
+               extra_meta: dict[str, Any] | None = None) -> Map:
     """Validate, write the map's folder, submit its jobs, and return the handle."""
     from .store import new_map_name
 
@@ -506,6 +599,7 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
         "pool": backend.describe(), "batch_name": name,
         "code_locations": code_locations(function),
+        **(extra_meta or {}),
     }
     import tempfile
 

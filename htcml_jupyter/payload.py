@@ -84,6 +84,11 @@ def code_locations(function: Callable[..., Any]) -> dict[str, str]:
             c = stack.pop()
             found.setdefault(c.co_name, c.co_filename)
             stack.extend(k for k in c.co_consts if hasattr(k, "co_filename"))
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                walk(cell.cell_contents, depth + 1)
+            except ValueError:  # an empty cell
+                continue
         module_globals = getattr(obj, "__globals__", {})
         for name in code.co_names:
             candidate = module_globals.get(name)

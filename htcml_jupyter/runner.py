@@ -29,7 +29,6 @@ import io
 import json
 import os
 import pickle
-import platform
 import socket
 import sys
 import time
@@ -40,7 +39,9 @@ MAGIC = b"HTCML-PAYLOAD 1\n"
 EXIT_OK = 0
 EXIT_ITEM_FAILED = 3
 EXIT_PAYLOAD_FAILED = 4
+EXIT_CHECKPOINT = 85  # the function saved a checkpoint: HTCondor spools it and restarts us
 ITEM_MARKER = "===== htcml item {index} ====="
+ITEM_ENV = "_HTCML_ITEM"
 
 
 def python_version() -> str:
@@ -117,6 +118,36 @@ class VersionMismatch(RuntimeError):
     """The job's Python or cloudpickle differs from the one that pickled the function."""
 
 
+def _install_job_api_fallback() -> None:
+    """Make ``import htcml_jupyter`` work where the package is not installed, from the
+    job-side API shipped with the job (job.py): ``report``, ``checkpoint``, ``device``."""
+    import importlib.util
+
+    if importlib.util.find_spec("htcml_jupyter") is not None:
+        return
+    import types
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("htcml_jupyter.job",
+                                                  os.path.join(here, "job.py"))
+    if spec is None or spec.loader is None:
+        return
+    job = importlib.util.module_from_spec(spec)
+    package = types.ModuleType("htcml_jupyter", "job-side API of htcml_jupyter")
+    package.__path__ = []
+    sys.modules["htcml_jupyter"] = package
+    sys.modules["htcml_jupyter.job"] = job
+    spec.loader.exec_module(job)
+    for name in ("report", "checkpoint", "device", "local_reports", "job"):
+        setattr(package, name, job if name == "job" else getattr(job, name))
+
+
+def _flush_reports() -> None:
+    job = sys.modules.get("htcml_jupyter.job")
+    if job is not None:
+        job.flush_reports()
+
+
 def _write_outcome(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
     write_payload(path, header, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -132,8 +163,7 @@ def _lost(indexes: list[int]) -> list[dict[str, Any]]:
 
 def run(function_file: str, input_file: str, outcome_file: str) -> int:
     """Run every item of ``input_file`` through the function; return the exit status."""
-    out_header = {"python": python_version(), "host": socket.gethostname(),
-                  "platform": platform.platform()}
+    out_header = {"python": python_version(), "host": socket.gethostname()}
     with open(input_file, "rb") as f:
         in_header = read_header(f)
         input_bytes = f.read()
@@ -147,6 +177,8 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
                 raise VersionMismatch(problem)
             fn_bytes = f.read()
         import cloudpickle  # noqa: F401  (needed to load what cloudpickle wrote)
+
+        _install_job_api_fallback()
 
         try:
             function, kwargs = pickle.loads(fn_bytes)
@@ -173,6 +205,7 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         marker = ITEM_MARKER.format(index=index)
         print(marker, flush=True)
         print(marker, file=sys.stderr, flush=True)
+        os.environ[ITEM_ENV] = str(index)  # read by htcml_jupyter.report()
         started = time.time()
         try:
             value = function(argument, **kwargs)
@@ -184,6 +217,10 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         except BaseException as exc:  # every error becomes an outcome
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if isinstance(exc, SystemExit) and exc.code == EXIT_CHECKPOINT:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                return EXIT_CHECKPOINT
             failed = True
             # Leave out the runner's own frame: the traceback starts in the user's code.
             user_tb = exc.__traceback__.tb_next if exc.__traceback__ else None
@@ -193,6 +230,7 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         record["started"] = started
         record["seconds"] = time.time() - started
         records.append(record)
+        _flush_reports()
     sys.stdout.flush()
     sys.stderr.flush()
     _write_outcome(outcome_file, out_header, records)

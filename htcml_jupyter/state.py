@@ -48,6 +48,7 @@ class EventKind(str, enum.Enum):
     RELEASED = "released"
     FINISHED = "finished"        # the job exited (detail: exit_code)
     REMOVED = "removed"
+    REPORTED = "reported"        # live reports from the running function: no phase change
 
 
 #: The transition table: the phase a job is in after each kind of event.
@@ -92,6 +93,7 @@ class TaskStatus:
     started: float | None = None
     finished: float | None = None
     removed_reason: str | None = None
+    last_event: EventKind | None = None
 
     def apply(self, event: TaskEvent) -> bool:
         """Move through the transition table; return True when something changed."""
@@ -119,8 +121,11 @@ class TaskStatus:
         elif event.kind is EventKind.REMOVED:
             self.removed_reason = d.get("reason", "removed")
             self.finished = event.time
+            if self.last_event is EventKind.EVICTED:
+                self.evictions -= 1  # a running job that is removed is evicted first
         changed = new is not self.phase or event.kind in (EventKind.STARTED, EventKind.EVICTED)
         self.phase = new
+        self.last_event = event.kind
         return changed
 
 
@@ -138,7 +143,9 @@ class TaskTable:
 
     def apply(self, event: TaskEvent) -> bool:
         status = self.tasks.get(event.task)
-        return status.apply(event) if status is not None else False
+        if status is None or event.kind is EventKind.REPORTED:
+            return False
+        return status.apply(event)
 
     def next_task_id(self) -> int:
         return max(self.tasks, default=-1) + 1

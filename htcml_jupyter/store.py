@@ -136,6 +136,14 @@ class MapStore:
     def submissions(self) -> list[dict[str, Any]]:
         return list(_read_lines(self.path / "submissions.jsonl"))
 
+    def add_abort(self, item: int, reason: str) -> None:
+        _append_lines(self.path / "aborted.jsonl",
+                      [{"item": item, "reason": reason, "time": time.time()}])
+
+    def aborted(self) -> dict[int, str]:
+        return {int(r["item"]): str(r["reason"])
+                for r in _read_lines(self.path / "aborted.jsonl")}
+
     # files ---------------------------------------------------------------
     @property
     def function_file(self) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,16 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        started = time.monotonic()
+        steps: list[str] = []
+
+        def step(what: str) -> None:
+            steps.append(f"{time.monotonic() - started:5.1f} s  {what}")
+
         try:
             page.goto(lab.notebook_url("panel.ipynb"))
             page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
+            step("page loaded, kernel idle")
             lab.remember_kernels()
             cells = page.locator(".jp-Notebook .jp-CodeCell")
             expect(cells).to_have_count(len(NOTEBOOK_CELLS))
@@ -133,13 +141,16 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
 
             ok = cells.nth(1).locator(".jp-OutputArea-output")
             expect(ok.locator(".htcml-panel")).to_have_count(1, timeout=30_000)
+            step("first panel shown")
             # The panel is displayed as the map is submitted (0 / 12 done): only updates
             # from the kernel's thread can bring it to the end.
             _check_panel(ok, "12 / 12 done", 100, "success")
+            step("first map finished in the page")
             ok.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel.png"))
 
             bad = cells.nth(2).locator(".jp-OutputArea-output")
             _check_panel(bad, "3 / 4 done", 75, "danger")
+            step("second map finished in the page")
             expect(bad.locator(".htcml-panel .widget-select")).to_contain_text(
                 "ZeroDivisionError")
             bad.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-failed.png"))
@@ -149,8 +160,10 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
                 page.screenshot(path=str(SHOTS / "failure.png"))
             except Exception:
                 pass
+            step("failed")
             raise AssertionError(
-                f"{exc}\n--- the notebook's outputs ---\n{_page_state(page)}"
+                f"{exc}\n--- steps ---\n" + "\n".join(steps)
+                + f"\n--- the notebook's outputs ---\n{_page_state(page)}"
                 f"\n--- JupyterLab's log ends ---\n{lab.log_tail(2000)}"
                 f"\n(screenshot: {SHOTS / 'failure.png'})") from exc
         finally:

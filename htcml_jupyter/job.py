@@ -1,0 +1,269 @@
+"""The job-side API: what a mapped function calls while it runs on an execute node.
+
+Standard library only (plus HTCondor's pure-Python chirp client, which is shipped with
+each job), so it works on an execute node where this package is not installed: the
+job runner then makes this module importable as ``htcml_jupyter``.
+
+* :func:`report` -- send metrics to the notebook while the job runs.
+* :func:`checkpoint` -- save state at epoch boundaries and resume from it after an
+  eviction (HTCondor self-checkpointing).
+* :func:`device` -- ``"cuda"`` when the job has a usable GPU, else ``"cpu"``.
+
+Outside a job (a plain call in the notebook) reports are kept in memory and
+checkpoints go to a local folder, so the same function runs unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+#: The exit code a job uses to ask HTCondor to spool its checkpoint and restart it.
+CHECKPOINT_EXIT_CODE = 85
+#: The folder, inside the job's working folder, that HTCondor transfers as checkpoint.
+CHECKPOINT_DIR = "htcml_checkpoint"
+#: The job attribute each batch of reports is written to (one event per batch).
+REPORT_ATTRIBUTE = "HtcmlReport"
+#: The longest text sent in one chirp update; larger batches are split.
+MAX_UPDATE = 3500
+
+def _current_item() -> int | None:
+    """The item the job runner is running now (it sets ``_HTCML_ITEM``)."""
+    value = os.environ.get("_HTCML_ITEM")
+    return int(value) if value and value.isdigit() else None
+
+
+class CheckpointExit(SystemExit):
+    """Raised by :meth:`Checkpoint.save` to end the job so HTCondor spools the state."""
+
+    def __init__(self) -> None:
+        super().__init__(CHECKPOINT_EXIT_CODE)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+class _Reporter:
+    """Buffers reports and sends them from a background thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.local: list[dict[str, Any]] = []
+        self.file = os.environ.get("_HTCML_METRICS_FILE")
+        self.chirp_ok = bool(os.environ.get("_CONDOR_CHIRP_CONFIG")) and not self.file
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.errors = 0
+
+    def put(self, record: dict[str, Any]) -> None:
+        if not (self.file or self.chirp_ok):
+            self.local.append(record)
+            return
+        if self.thread is None:
+            with self.lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="htcml-report",
+                                                   daemon=True)
+                    self.thread.start()
+                    atexit.register(self.flush)
+        self.queue.put(record)
+
+    def _drain(self, first: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool]:
+        batch = [] if first is None else [first]
+        stop = first is None
+        while True:
+            try:
+                more = self.queue.get_nowait()
+            except queue.Empty:
+                return batch, stop
+            if more is None:
+                stop = True
+            else:
+                batch.append(more)
+
+    def _run(self) -> None:
+        chirp = None
+        while True:
+            first = self.queue.get()
+            time.sleep(0.05)  # let a burst of reports gather into one update
+            batch, stop = self._drain(first)
+            if batch:
+                try:
+                    if self.file:
+                        with open(self.file, "a") as f:
+                            f.write("".join(json.dumps(r) + "\n" for r in batch))
+                    else:
+                        chirp = self._send_chirp(chirp, batch)
+                    self.sent += len(batch)
+                except Exception as exc:  # a report must never break the training
+                    self.errors += 1
+                    chirp = None
+                    print(f"htcml: could not send {len(batch)} report(s): {exc}",
+                          file=sys.stderr)
+            for _ in range(len(batch) + (1 if first is None else 0)):
+                self.queue.task_done()
+            if stop:
+                return
+
+    @staticmethod
+    def _send_chirp(chirp: Any, batch: list[dict[str, Any]]) -> Any:
+        try:
+            from htcondor2.htchirp import HTChirp
+        except ImportError:
+            from htchirp import HTChirp  # shipped with the job
+        if chirp is None:
+            chirp = HTChirp()
+            chirp.connect()
+        chunk: list[dict[str, Any]] = []
+        for record in batch:
+            chunk.append(record)
+            if len(json.dumps(chunk)) > MAX_UPDATE and len(chunk) > 1:
+                chunk.pop()
+                chirp.set_job_attr(REPORT_ATTRIBUTE, json.dumps(json.dumps(chunk)))
+                chunk = [record]
+        if chunk:
+            chirp.set_job_attr(REPORT_ATTRIBUTE, json.dumps(json.dumps(chunk)))
+        return chirp
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every report so far has been sent (the runner calls this)."""
+        if self.thread is None or not self.thread.is_alive():
+            return
+        deadline = time.time() + timeout
+        while self.queue.unfinished_tasks and time.time() < deadline:
+            time.sleep(0.01)
+
+
+_reporter = _Reporter()
+
+
+def report(step: int | None = None, **metrics: float) -> None:
+    """Send metrics (numbers) for the current item to the notebook, e.g.
+    ``htc.report(step=epoch, loss=0.3, accuracy=0.91)``.
+
+    Cheap (a few microseconds): reports are buffered and sent from a background thread
+    (as HTCondor job-attribute updates, which reach the notebook through the map's job
+    event log).  Outside a job they are kept in memory (:func:`local_reports`).
+    """
+    clean: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy and torch scalars
+            except (TypeError, ValueError):
+                raise TypeError(f"report({key}=...) must be a number, not "
+                                f"{type(value).__name__}") from None
+        clean[key] = value
+    record: dict[str, Any] = {"i": _current_item(), "t": round(time.time(), 3), "m": clean}
+    if step is not None:
+        record["s"] = int(step)
+    _reporter.put(record)
+
+
+def local_reports() -> list[dict[str, Any]]:
+    """Reports made outside a job, in this process (for trying a function locally)."""
+    return list(_reporter.local)
+
+
+def flush_reports() -> None:
+    """Block until every report so far is sent; the job runner calls it after each item."""
+    _reporter.flush()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoint:
+    """Save and restore the state of a long computation across evictions.
+
+    ``restore()`` returns the last saved state, or None on the first start.  ``save(state)``
+    writes it atomically and, when ``every`` seconds have passed since the last spool (0:
+    every time), ends the job with HTCondor's checkpoint exit code; HTCondor copies the
+    checkpoint to the submit side and restarts the job, which calls ``restore()`` again.
+    A job evicted later resumes from the last spooled state on any machine.
+    """
+
+    def __init__(self, every: float = 60.0, folder: str | None = None):
+        self.every = every
+        self.folder = folder or os.path.join(os.getcwd(), CHECKPOINT_DIR)
+        self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get("_HTCML_LOCAL"))
+        self._last_spool = time.time()
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.folder, "state.pkl")
+
+    def restore(self) -> Any:
+        """The last saved state, or None when there is none."""
+        try:
+            with open(self.path, "rb") as f:
+                torch_format = f.read(2) == b"PK"  # torch.save writes a zip archive
+        except FileNotFoundError:
+            return None
+        if torch_format:
+            import torch
+
+            payload = torch.load(self.path, weights_only=False)
+        else:
+            with open(self.path, "rb") as f:
+                payload = pickle.load(f)
+        _reporter.put({"i": _current_item(), "t": round(time.time(), 3),
+                       "restored": payload.get("step")})
+        return payload["state"]
+
+    def save(self, state: Any, step: int | None = None) -> None:
+        """Write ``state`` (anything pickle or torch.save can write) atomically;
+        ``step`` (e.g. the epoch) is shown in the notebook."""
+        os.makedirs(self.folder, exist_ok=True)
+        tmp = self.path + ".tmp"
+        payload = {"state": state, "step": step, "time": time.time()}
+        if "torch" in sys.modules and _holds_torch(state):
+            sys.modules["torch"].save(payload, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _reporter.put({"i": _current_item(), "t": round(time.time(), 3), "saved": step})
+        if self.in_job and time.time() - self._last_spool >= self.every:
+            _reporter.flush()
+            raise CheckpointExit()
+
+
+def _holds_torch(state: Any) -> bool:
+    mod = type(state).__module__
+    if mod.startswith("torch"):
+        return True
+    if isinstance(state, dict):
+        return any(_holds_torch(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_holds_torch(v) for v in state)
+    return False
+
+
+def checkpoint(every: float = 60.0) -> Checkpoint:
+    """The job's checkpoint: ``state = ckpt.restore()`` then ``ckpt.save(state)``.
+
+    ``every``: least seconds between two spools to the submit side (default 60).  Each
+    spool restarts the job's process, so keep it well above the time an epoch takes;
+    ``every=0`` spools at every save (epochs of minutes, or tests).
+    """
+    return Checkpoint(every=every)
+
+
+def device() -> str:
+    """``"cuda"`` when torch sees a usable GPU (as HTCondor assigned it), else ``"cpu"``."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"

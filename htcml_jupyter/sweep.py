@@ -1,0 +1,315 @@
+"""Hyperparameter sweeps: many trainings as one map, with live metrics and early abort.
+
+``htc.sweep(train, grid={...})`` runs ``train(**params)`` once per point of the grid
+(or per random sample of a ``space``), each trial its own job in one cluster.  The
+function reports metrics while it runs (``htc.report(step=..., loss=...)``); an early-
+abort policy watches them from the notebook and stops trials that will not win; the
+results come back as a table.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cloudpickle
+
+from .grid import grid_points, unpack
+from .mapping import Backend, Map, create_map
+from .policies import Policy
+from .state import ItemState
+from .store import MapStore
+
+Mode = Literal["min", "max"]
+
+#: Seconds between two looks of a sweep's early-abort watcher at the reports.
+WATCH_INTERVAL = 1.0
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float drawn uniformly from ``[low, high]``."""
+
+    low: float
+    high: float
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A float whose logarithm is uniform: for learning rates, weight decays."""
+
+    low: float
+    high: float
+
+    def sample(self, rng: random.Random) -> float:
+        return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+
+
+@dataclass(frozen=True)
+class IntUniform:
+    """A whole number from ``low`` to ``high``, both included."""
+
+    low: int
+    high: int
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randint(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``options``, each as likely."""
+
+    options: tuple[Any, ...]
+
+    def sample(self, rng: random.Random) -> Any:
+        return rng.choice(self.options)
+
+
+def uniform(low: float, high: float) -> Uniform:
+    return Uniform(low, high)
+
+
+def loguniform(low: float, high: float) -> LogUniform:
+    if low <= 0 or high <= 0:
+        raise ValueError("loguniform needs positive bounds")
+    return LogUniform(low, high)
+
+
+def randint(low: int, high: int) -> IntUniform:
+    return IntUniform(low, high)
+
+
+def choice(options: Sequence[Any]) -> Choice:
+    if not options:
+        raise ValueError("choice needs at least one option")
+    return Choice(tuple(options))
+
+
+def sample_space(space: Mapping[str, Any], n_trials: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n_trials`` random points of ``space`` (distributions, or constants), seeded."""
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError("space must be a non-empty dict of distributions, e.g. "
+                         "{'lr': htc.loguniform(1e-4, 1e-1), 'depth': htc.choice([2, 4])}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a whole number >= 1, not {n_trials!r}")
+    rng = random.Random(seed)
+    return [{k: (v.sample(rng) if hasattr(v, "sample") else v) for k, v in space.items()}
+            for _ in range(n_trials)]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial in a sweep's table."""
+
+    trial: int
+    params: dict[str, Any]
+    status: str
+    metrics: dict[str, float]
+    steps: int
+    seconds: float | None
+    host: str | None
+    evictions: int
+    resumed_from: Any
+    reason: str | None
+
+    def flat(self) -> dict[str, Any]:
+        return {"trial": self.trial, **self.params, **self.metrics, "status": self.status,
+                "steps": self.steps, "seconds": self.seconds, "host": self.host,
+                "evictions": self.evictions, "resumed_from": self.resumed_from,
+                "reason": self.reason}
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class Sweep(Map):
+    """A map whose items are trials: parameters in, metrics and results out.
+
+    Everything a :class:`Map` does works (``wait``, ``results``, ``cancel``, ``retry``,
+    ``panel``); a sweep adds :attr:`params`, :meth:`table`, :meth:`best`, and an
+    early-abort watcher that applies its policy to the live reports.
+    """
+
+    def __init__(self, store: MapStore, backend: Backend, watch: bool = True):
+        super().__init__(store, backend)
+        info = self.meta.get("sweep", {})
+        self.params: list[dict[str, Any]] = info.get("params", [])
+        self.metric: str | None = info.get("metric")
+        self.mode: Mode = info.get("mode", "min")
+        self.policy: Policy | None = None
+        policy_file = store.path / "policy.pkl"
+        if policy_file.exists():
+            self.policy = cloudpickle.loads(policy_file.read_bytes())
+        self.watch_errors: list[str] = []
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if watch and self.policy is not None:
+            self.watch()
+
+    # ---------------------------------------------------------------- early abort
+    def check_policy(self) -> list[int]:
+        """Apply the early-abort policy once; returns the trials it stopped."""
+        if self.policy is None:
+            return []
+        histories = self.all_reports()
+        states = self.item_states()
+        aborted = self.aborted
+        stopped = []
+        for trial, history in histories.items():
+            if states[trial] is not ItemState.RUNNING or trial in aborted:
+                continue
+            reason = self.policy(trial, history, histories)
+            if reason:
+                stopped += self.abort([trial], f"aborted early: {reason}")
+        return stopped
+
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(WATCH_INTERVAL):
+            try:
+                self.check_policy()
+                if self.done:
+                    return
+            except Exception as exc:  # the watcher must not die on a transient error
+                self.watch_errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+
+    def watch(self) -> None:
+        """Start the background watcher that applies the policy (started by default)."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watch_stop.clear()
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"htcml-sweep-{self.name}")
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._watch_stop.set()
+        super().close()
+
+    # ---------------------------------------------------------------- results
+    def status_of(self, trial: int) -> str:
+        state = self.item_states()[trial]
+        if state is ItemState.REMOVED and trial in self.aborted:
+            return "aborted early"
+        return state.value
+
+    def rows(self) -> list[TrialRow]:
+        """One row per trial: parameters, last metrics, status, time, host, restarts."""
+        states = self.item_states()
+        reports = self.all_reports()
+        aborted = self.aborted
+        checkpoints = self.checkpoints()
+        results: dict[int, Any] = {}
+        for i, s in enumerate(states):
+            if s is ItemState.DONE:
+                try:
+                    results[i] = self.result(i)
+                except Exception:
+                    results[i] = None
+        rows = []
+        for i, params in enumerate(self.params):
+            history = reports.get(i, [])
+            metrics: dict[str, float] = {}
+            for row in history:
+                metrics.update({k: v for k, v in row.items() if k not in ("step", "time")})
+            result = results.get(i)
+            if isinstance(result, Mapping):
+                metrics.update({k: float(v) for k, v in result.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            elif isinstance(result, (int, float)) and not isinstance(result, bool):
+                metrics["result"] = float(result)
+            task = self.job_of(i)
+            seconds = (task.finished - task.started
+                       if task.finished and task.started else None)
+            status = ("aborted early" if states[i] is ItemState.REMOVED and i in aborted
+                      else states[i].value)
+            ck = checkpoints.get(i, {})
+            steps = [r["step"] for r in history if r.get("step") is not None]
+            rows.append(TrialRow(
+                i, dict(params), status, metrics, (max(steps) + 1) if steps else 0, seconds,
+                task.host, task.evictions, (ck.get("restored") or [None])[-1],
+                aborted.get(i)))
+        return rows
+
+    def table(self) -> Any:
+        """The trials as a table: a pandas DataFrame when pandas is installed, else a
+        list of dicts (one per trial)."""
+        flat = [r.flat() for r in self.rows()]
+        try:
+            import pandas as pd
+        except ImportError:
+            return flat
+        return pd.DataFrame(flat).set_index("trial")
+
+    def best(self, metric: str | None = None, mode: Mode | None = None) -> TrialRow:
+        """The finished trial with the best value of ``metric`` (the sweep's by default)."""
+        metric = metric or self.metric
+        mode = mode or self.mode
+        if metric is None:
+            raise ValueError("name the metric: best('val_loss') (or pass metric= to sweep)")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        candidates = [r for r in self.rows() if r.status == "done" and metric in r.metrics]
+        if not candidates:
+            known = sorted({k for r in self.rows() for k in r.metrics})
+            raise ValueError(f"no finished trial has {metric!r} (metrics seen: "
+                             f"{', '.join(known) or 'none'})")
+        pick = min if mode == "min" else max
+        return pick(candidates, key=lambda r: r.metrics[metric])
+
+
+def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[Any]] | None,
+                 space: Mapping[str, Any] | None, n_trials: int | None, repeat: int,
+                 seed: int, metric: str | None, mode: Mode, early_stop: Policy | None,
+                 kwargs: dict[str, Any] | None, backend: Backend, root: Path,
+                 name: str | None, options: dict[str, Any]) -> Sweep:
+    """Build the trials, submit them as one map, and return the :class:`Sweep`."""
+    if (grid is None) == (space is None):
+        raise ValueError("give exactly one of grid= (a dict of lists) or space= (a dict of "
+                         "distributions, with n_trials=)")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+    if early_stop is not None and not callable(early_stop):
+        raise TypeError("early_stop must be a policy (e.g. htc.MedianStopping('loss')) or "
+                        "a function (trial, history, histories) -> reason or None")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat must be a whole number >= 1, not {repeat!r}")
+    if space is not None:
+        points = sample_space(space, n_trials if n_trials is not None else 10, seed)
+    elif n_trials is not None:
+        raise ValueError("n_trials= goes with space=, not with grid=")
+    else:
+        points = grid_points(grid or {})
+    params = []
+    for point in points:
+        for k in range(repeat):
+            trial = dict(point)
+            if repeat > 1:
+                trial.setdefault("seed", seed + k)
+            params.append(trial)
+    fn_name = getattr(function, "__name__", "sweep")
+    wrapped = unpack(function)
+    m = create_map(wrapped, params, kwargs=kwargs, backend=backend, root=root, name=name,
+                   chunksize=1, options=options,
+                   extra_meta={"sweep": {"params": params, "metric": metric, "mode": mode,
+                                         "function": fn_name}})
+    if early_stop is not None:
+        (m.store.path / "policy.pkl").write_bytes(cloudpickle.dumps(early_stop))
+    m.close()
+    return Sweep(m.store, backend)
+
