@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
     from .policies import MedianStopping, SuccessiveHalving, Threshold
     from .resources import pool_resources
     from .state import ItemState
-    from .sweep import (
+    from .sweeps import (
         Choice,
         IntUniform,
         LogUniform,
@@ -57,9 +57,9 @@ _LAZY = {
     "Map": "mapping", "auto_chunksize": "mapping", "Chunksize": "mapping",
     "OPTIONS": "options", "OptionError": "options", "describe_options": "options",
     "PickleError": "payload", "pool_resources": "resources", "ItemState": "state",
-    "Sweep": "sweep", "uniform": "sweep", "loguniform": "sweep", "randint": "sweep",
-    "choice": "sweep", "Uniform": "sweep", "LogUniform": "sweep", "IntUniform": "sweep",
-    "Choice": "sweep",
+    "Sweep": "sweeps", "uniform": "sweeps", "loguniform": "sweeps", "randint": "sweeps",
+    "choice": "sweeps", "Uniform": "sweeps", "LogUniform": "sweeps", "IntUniform": "sweeps",
+    "Choice": "sweeps",
     "MedianStopping": "policies", "SuccessiveHalving": "policies", "Threshold": "policies",
 }
 
@@ -187,7 +187,7 @@ def attach(name: str, root: str | Path | None = None) -> Map:
     meta = store.read_meta()
     backend = backend_from_meta(meta["pool"])
     if "sweep" in meta:
-        from .sweep import Sweep
+        from .sweeps import Sweep
 
         return Sweep(store, backend)
     return Map(store, backend)
@@ -233,7 +233,7 @@ def sweep(
         Resources and policy as for :func:`map` (``request_gpus=1``...).
     """
     from .pools import resolve_backend
-    from .sweep import create_sweep
+    from .sweeps import create_sweep
 
     chosen = resolve_backend(pool, backend)
     if mode not in ("min", "max"):

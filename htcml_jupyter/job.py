@@ -193,8 +193,12 @@ class Checkpoint:
 
     def __init__(self, every: float = 60.0, folder: str | None = None):
         self.every = every
-        self.folder = folder or os.path.join(os.getcwd(), CHECKPOINT_DIR)
         self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get("_HTCML_LOCAL"))
+        if folder is None and not self.in_job:
+            import tempfile  # a plain call in the notebook: keep the state out of the way
+
+            folder = tempfile.mkdtemp(prefix="htcml-checkpoint-")
+        self.folder = folder or os.path.join(os.getcwd(), CHECKPOINT_DIR)
         self._last_spool = time.time()
 
     @property

@@ -47,7 +47,7 @@ class MapPanel:
         self.stacked = w.HTML()
         self.progress = w.IntProgress(value=0, min=0, max=max(m.n_items, 1),
                                       layout=w.Layout(width="100%"))
-        self.label = w.Label()
+        self.label = w.Label(layout=w.Layout(flex="0 0 auto"))
         self.legend = w.HTML()
         self.items = w.Select(options=[], rows=5, layout=w.Layout(width="100%"),
                               description="problems")

@@ -34,6 +34,11 @@ def _last_step(history: History, metric: str) -> int | None:
     return max(steps) if steps else None
 
 
+def _reached(history: History, metric: str, step: int) -> bool:
+    last = _last_step(history, metric)
+    return last is not None and last >= step
+
+
 def _worse(a: float, b: float, mode: Mode) -> bool:
     return a > b if mode == "min" else a < b
 
@@ -74,26 +79,25 @@ class MedianStopping:
 
     def __call__(self, trial: int, history: History, histories: dict[int, History]
                  ) -> str | None:
-        step = _last_step(history, self.metric)
-        if step is None or step < self.grace_steps:
+        last = _last_step(history, self.metric)
+        if last is None or last < self.grace_steps:
             return None
-        values = [float(r[self.metric]) for r in history
-                  if self.metric in r and r.get("step") is not None and r["step"] <= step]
-        best = min(values) if self.mode == "min" else max(values)
-        others = []
-        for other, rows in histories.items():
-            if other == trial:
+        # Judge at the latest step that enough other trials reached (a trial that runs
+        # ahead of the others is compared where they are).
+        for step in range(last, self.grace_steps - 1, -1):
+            others = [v for other, rows in histories.items()
+                      if other != trial and _reached(rows, self.metric, step)
+                      and (v := _value_at(rows, self.metric, step)) is not None]
+            if len(others) < self.min_trials:
                 continue
-            if (_last_step(rows, self.metric) or -1) >= step:
-                v = _value_at(rows, self.metric, step)
-                if v is not None:
-                    others.append(v)
-        if len(others) < self.min_trials:
+            values = [float(r[self.metric]) for r in history if self.metric in r
+                      and r.get("step") is not None and r["step"] <= step]
+            best = min(values) if self.mode == "min" else max(values)
+            median = statistics.median(others)
+            if _worse(best, median, self.mode):
+                return (f"best {self.metric}={best:.4g} by step {step} is worse than the "
+                        f"median {median:.4g} of {len(others)} other trials")
             return None
-        median = statistics.median(others)
-        if _worse(best, median, self.mode):
-            return (f"best {self.metric}={best:.4g} by step {step} is worse than the median "
-                    f"{median:.4g} of {len(others)} other trials")
         return None
 
 
@@ -123,7 +127,7 @@ class SuccessiveHalving:
             if mine is None:
                 continue
             peers = [v for rows in histories.values()
-                     if (_last_step(rows, self.metric) or -1) >= rung
+                     if _reached(rows, self.metric, rung)
                      and (v := _value_at(rows, self.metric, rung)) is not None]
             if len(peers) < self.eta:
                 continue

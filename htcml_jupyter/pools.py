@@ -80,7 +80,7 @@ def resolve_backend(pool: str | None = None, backend: str | None = None,
             raise PoolUnavailable(f"backend='condor' but pool {chosen!r} is local")
         return found
     config = os.environ.get("CONDOR_CONFIG")
-    if config:
+    if config and config != os.devnull:  # the bindings set /dev/null when none exists
         return _named(config)
     if Path(SYSTEM_CONFIG).is_file():
         return CondorBackend(None, description="the local HTCondor pool")

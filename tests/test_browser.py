@@ -102,6 +102,7 @@ def _check_panel(out: Any, headline: str, percent: int, style: str) -> None:
     panel = out.locator(".htcml-panel")
     label = panel.locator(".widget-hbox:has(> .widget-hprogress) > .widget-label")
     expect(label).to_have_text(headline, timeout=MAP_TIMEOUT * 1000)
+    assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), "the label is cut off"
     bar = panel.locator(".widget-hprogress .progress-bar")
     expect(bar).to_have_attribute("style", width, timeout=5000)
     expect(bar).to_have_class(re.compile(rf"\bprogress-bar-{style}\b"), timeout=5000)
