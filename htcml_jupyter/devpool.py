@@ -338,10 +338,24 @@ def _native_release_paths(config: Path) -> dict[str, str]:
     return paths
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _native_port(daemon_config: Path) -> int:
+    """The collector's port: the one used before when it is still free (so clients that
+    read the old configuration keep working), else any free one."""
+    try:
+        previous = int(daemon_config.read_text().split("COLLECTOR_HOST = $(CONDOR_HOST):")[1]
+                       .split()[0])
+    except (OSError, IndexError, ValueError):
+        previous = 0
+    for port in (previous, 0) if previous else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the collector binds it: connections in TIME_WAIT do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise PoolError("no free TCP port on 127.0.0.1 for the pool's collector")
 
 
 def _native_config(local: Path, user: str, num_cpus: int, paths: dict[str, str],
@@ -403,7 +417,8 @@ def _up_native(state_dir: Path, num_cpus: int) -> PoolState:
         for stale in (local / "log").glob(".*_address*"):
             stale.unlink()
         daemon_config.write_text(_native_config(
-            local, user, num_cpus, _native_release_paths(daemon_config), _free_port()))
+            local, user, num_cpus, _native_release_paths(daemon_config),
+            _native_port(daemon_config)))
         _say("starting condor_master")
         _run(["condor_master", "-pidfile", str(local / "run/master.pid")], env=env)
     _wait_native_ready(env, local / "log")

@@ -4,7 +4,8 @@
 magic                                  Python equivalent
 =====================================  ==========================================
 ``%%htc_map --over xs -o m``           ``m = htc.map(fn, xs); m.panel()``
-``%%htc_map --grid g --wait -o r``     ``r = htc.map(unpack(fn), grid_points(g)).results()``
+``%%htc_map --grid g --wait -o r``     ``r = htc.sweep(fn, grid=g).results()``
+``%%htc_map --grid s --random 20``     ``htc.sweep(fn, space=s, n_trials=20)``
 ``%htc_maps``                          ``htc.list_maps()``
 ``%htc_status NAME``                   ``htc.attach(NAME).status()``
 ``%htc_attach NAME -o m``              ``m = htc.attach(NAME); m.panel()``
@@ -30,7 +31,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Bool, Int, Unicode
 
 from .errors import HTCMLError
-from .grid import grid_points, unpack
 from .options import OptionError
 from .payload import PickleError
 
@@ -132,6 +132,18 @@ class HTCMagics(Magics):
     @argument("--over", metavar="EXPR", help="iterable to map over (a notebook variable)")
     @argument("--grid", metavar="EXPR",
               help="dict of lists: every combination becomes the function's keyword arguments")
+    @argument("--random", metavar="N", type=int,
+              help="with --grid: a space of distributions (htc.loguniform...), sample N "
+                   "trials from it")
+    @argument("--repeat", type=int, default=1,
+              help="with --grid: run each point this many times (a seed parameter each)")
+    @argument("--seed", type=int, default=0, help="with --grid: seed of the random search")
+    @argument("--metric", help="with --grid: the metric that ranks trials (best())")
+    @argument("--mode", choices=["min", "max"], default="min",
+              help="with --grid: whether a lower or higher metric wins")
+    @argument("--early-stop", metavar="EXPR",
+              help="with --grid: an early-abort policy, e.g. a htc.MedianStopping(...) "
+                   "variable")
     @argument("--kwargs", metavar="EXPR", help="dict of constant keyword arguments")
     @argument("--fn", metavar="NAME",
               help="the function to map (default: the cell's only top-level def)")
@@ -177,17 +189,17 @@ class HTCMagics(Magics):
         kwargs = resolve_expression(args.kwargs, ns) if args.kwargs else None
         if kwargs is not None and not isinstance(kwargs, dict):
             raise UsageError(f"--kwargs must name a dict, not a {type(kwargs).__name__}")
+        if args.random is not None and not args.grid:
+            raise UsageError("--random N samples the space given with --grid")
+        if args.grid and not isinstance(inputs, dict):
+            raise UsageError(f"--grid must name a dict of lists, not a "
+                             f"{type(inputs).__name__}")
+        policy = resolve_expression(args.early_stop, ns) if args.early_stop else None
         function = self._run_cell_for_function(cell, args.fn)
         if args.grid:
-            if not isinstance(inputs, dict):
-                raise UsageError(f"--grid must name a dict of lists, not a "
-                                 f"{type(inputs).__name__}")
-            try:
-                inputs = grid_points(inputs)
-            except (TypeError, ValueError) as exc:
-                raise UsageError(str(exc)) from None
-            function = unpack(function)
-        m = self._map(function, inputs, kwargs, args)
+            m = self._sweep(function, inputs, kwargs, policy, args)
+        else:
+            m = self._map(function, inputs, kwargs, args)
         if args.output and not args.wait:
             ns[args.output] = m
         self._present(m, args)
@@ -251,14 +263,32 @@ class HTCMagics(Magics):
         except (OptionError, PickleError, HTCMLError, ValueError, TypeError) as exc:
             raise UsageError(f"nothing was submitted: {exc}") from None
 
+    def _sweep(self, function: Callable[..., Any], space: dict[str, Any], kwargs: Any,
+               policy: Any, args: Any) -> Any:
+        import htcml_jupyter as htc
+
+        grid, random_space = (None, space) if args.random is not None else (space, None)
+        try:
+            return htc.sweep(function, grid=grid, space=random_space, n_trials=args.random,
+                             repeat=args.repeat, seed=args.seed, metric=args.metric,
+                             mode=args.mode, early_stop=policy, kwargs=kwargs,
+                             name=args.name, pool=args.pool or self.pool or None,
+                             **self._options(args))
+        except (OptionError, PickleError, HTCMLError, ValueError, TypeError) as exc:
+            raise UsageError(f"nothing was submitted: {exc}") from None
+
     def _present(self, m: Any, args: Any) -> None:
         from IPython.display import display
 
         from .panel import MapPanel
         from .progress import render_text, snapshot
+        from .sweep_panel import SweepPanel
+        from .sweeps import Sweep
 
         widgets_ok = self.panel and not args.no_panel and _has_widget_frontend(self.shell)
-        panel = MapPanel(m) if widgets_ok else None
+        panel: MapPanel | None = None
+        if widgets_ok:
+            panel = SweepPanel(m) if isinstance(m, Sweep) else MapPanel(m)
         if panel is not None:
             display(panel)
         elif not args.wait:

@@ -156,6 +156,7 @@ class Sweep(Map):
         if policy_file.exists():
             self.policy = cloudpickle.loads(policy_file.read_bytes())
         self.watch_errors: list[str] = []
+        self._results: dict[int, Any] = {}
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         if watch and self.policy is not None:
@@ -208,19 +209,22 @@ class Sweep(Map):
             return "aborted early"
         return state.value
 
-    def rows(self) -> list[TrialRow]:
-        """One row per trial: parameters, last metrics, status, time, host, restarts."""
+    def rows(self, with_results: bool = True) -> list[TrialRow]:
+        """One row per trial: parameters, last metrics, status, time, host, restarts.
+
+        With ``with_results`` the numbers a finished trial returned (a number, or a dict's
+        numeric entries) join its metrics; the live panel leaves them out."""
         states = self.item_states()
         reports = self.all_reports()
         aborted = self.aborted
         checkpoints = self.checkpoints()
+        tasks = {t.task: t for t in self.tasks()}
+        with self._lock:
+            task_of = dict(self._table.item_task)
         results: dict[int, Any] = {}
         for i, s in enumerate(states):
-            if s is ItemState.DONE:
-                try:
-                    results[i] = self.result(i)
-                except Exception:
-                    results[i] = None
+            if s is ItemState.DONE and with_results:
+                results[i] = self._cached_result(i)
         rows = []
         for i, params in enumerate(self.params):
             history = reports.get(i, [])
@@ -233,7 +237,7 @@ class Sweep(Map):
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             elif isinstance(result, (int, float)) and not isinstance(result, bool):
                 metrics["result"] = float(result)
-            task = self.job_of(i)
+            task = tasks[task_of[i]]
             seconds = (task.finished - task.started
                        if task.finished and task.started else None)
             status = ("aborted early" if states[i] is ItemState.REMOVED and i in aborted
@@ -245,6 +249,20 @@ class Sweep(Map):
                 task.host, task.evictions, (ck.get("restored") or [None])[-1],
                 aborted.get(i)))
         return rows
+
+    def _cached_result(self, trial: int) -> Any:
+        if trial not in self._results:
+            try:
+                self._results[trial] = self.result(trial)
+            except Exception:
+                self._results[trial] = None
+        return self._results[trial]
+
+    def panel(self) -> Any:
+        """Show the live sweep panel: trials table and metric curves; returns it."""
+        from .sweep_panel import SweepPanel
+
+        return SweepPanel(self).show()
 
     def table(self) -> Any:
         """The trials as a table: a pandas DataFrame when pandas is installed, else a

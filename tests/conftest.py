@@ -79,3 +79,14 @@ def shared_tmp(session_root: Path, request: pytest.FixtureRequest) -> Path:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     os.environ.setdefault("HTCML_LOCAL_FALLBACK", "0")
+
+
+@pytest.fixture(scope="session")
+def ip() -> object:
+    """One real IPython InteractiveShell for the session, with the extension loaded."""
+    from IPython.testing.globalipapp import get_ipython, start_ipython
+
+    shell = start_ipython() or get_ipython()
+    assert shell is not None
+    shell.run_line_magic("load_ext", "htcml_jupyter")
+    return shell

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 import htcml_jupyter as htc
 from htcml_jupyter.magics import resolve_expression
-
-
-@pytest.fixture(scope="module")
-def ip() -> Iterator[object]:
-    shell = start_ipython()
-    assert shell is not None
-    shell.run_line_magic("load_ext", "htcml_jupyter")
-    yield shell
 
 
 @pytest.fixture

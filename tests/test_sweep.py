@@ -28,8 +28,9 @@ def decaying(lr: float, depth: int, epochs: int = 6, pause: float = 0.4) -> dict
 
 
 def test_grid_sweep_with_median_stopping(pool_env: str, map_root: Path) -> None:
+    # trials of about 5 s, so the watcher (once a second) sees them all while they run
     s = htc.sweep(decaying, grid={"lr": [0.02, 0.05, 0.3, 0.5], "depth": [1, 2]},
-                  metric="loss", mode="min", root=map_root,
+                  kwargs={"epochs": 8, "pause": 0.6}, metric="loss", mode="min", root=map_root,
                   early_stop=htc.MedianStopping("loss", grace_steps=1, min_trials=3))
     assert isinstance(s, htc.Sweep) and len(s.params) == 8 and len(s.clusters) == 1
     assert s.wait(timeout=180)
@@ -161,3 +162,48 @@ def test_policies(policy, trial: int, expect: str | None) -> None:  # type: igno
         assert reason is None
     else:
         assert reason is not None and expect in reason
+
+
+def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> None:
+    from htcml_jupyter.sweep_panel import SweepPanel
+
+    s = htc.sweep(decaying, grid={"lr": [0.1, 0.5], "depth": [1], "epochs": [4],
+                                  "pause": [0.2]}, metric="loss", root=map_root)
+    panel = SweepPanel(s, interval=0.3)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (panel.last and panel.last.finished):
+            time.sleep(0.2)
+        panel.update()
+        assert panel.label.value == "2 / 2 done"
+        assert list(panel.metric_choice.options) == ["loss", "lr_seen"]
+        assert panel.metric_choice.value == "loss"
+        assert panel.plot.value.count('class="htcml-curve"') == 2
+        assert 'data-trial="1"' in panel.plot.value and 'stroke-width="3"' in panel.plot.value
+        assert panel.trials.value.count('<tr class="htcml-trial ') == 2
+        first_row = panel.trials.value.split('<tr class="htcml-trial ')[1]
+        assert "<td>1</td>" in first_row  # best first: lr=0.5 is trial 1
+        panel.metric_choice.value = "lr_seen"
+        assert "lr_seen" in panel.plot.value
+    finally:
+        panel.close()
+        s.close()
+
+
+def test_magic_random_search_with_policy(ip, pool_env: str, map_root: Path,  # type: ignore[no-untyped-def]
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_HOME", str(map_root))
+    shell = ip
+    shell.user_ns["space"] = {"lr": htc.uniform(0.4, 0.6), "depth": htc.randint(1, 2)}
+    shell.user_ns["stop"] = htc.Threshold("loss", step=0, value=0.0)  # stops everything
+    shell.run_cell_magic(
+        "htc_map", "--grid space --random 3 --seed 5 --metric loss --early-stop stop "
+                   "--no-panel -o sw",
+        "def tiny(lr, depth):\n    import time\n    import htcml_jupyter as htc\n"
+        "    htc.report(step=0, loss=lr * depth)\n    time.sleep(600)\n")
+    sw = shell.user_ns["sw"]
+    assert isinstance(sw, htc.Sweep) and len(sw.params) == 3
+    assert all(0.4 <= p["lr"] <= 0.6 and p["depth"] in (1, 2) for p in sw.params)
+    assert sw.wait(timeout=120)
+    assert [r.status for r in sw.rows()] == ["aborted early"] * 3
+    sw.close()

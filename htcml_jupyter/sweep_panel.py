@@ -1,0 +1,96 @@
+"""The live panel of a sweep: the map panel plus a trials table and metric curves."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+from .curves import curves_svg
+from .panel import MapPanel
+from .progress import MapProgress
+
+if TYPE_CHECKING:
+    from .sweeps import Sweep, TrialRow
+
+#: Rows shown in the trials table (best first); the rest are counted.
+TABLE_ROWS = 25
+
+
+def trials_table_html(rows: list[TrialRow], metric: str | None, mode: str) -> str:
+    """The trials, best first by ``metric``, as an escaped HTML table."""
+    def key(r: TrialRow) -> tuple[int, float]:
+        if metric and metric in r.metrics:
+            v = r.metrics[metric]
+            return (0, v if mode == "min" else -v)
+        return (1, float(r.trial))
+
+    ordered = sorted(rows, key=key)
+    params = sorted({k for r in rows for k in r.params})
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in params)
+    metric_head = f"<th>{html.escape(metric)}</th>" if metric else ""
+    body = []
+    for r in ordered[:TABLE_ROWS]:
+        cells = "".join(f"<td>{html.escape(_fmt(r.params.get(p)))}</td>" for p in params)
+        value = f"<td>{html.escape(_fmt(r.metrics.get(metric)))}</td>" if metric else ""
+        resumed = f" (resumed from {html.escape(_fmt(r.resumed_from))})" \
+            if r.evictions and r.resumed_from is not None else ""
+        body.append(f'<tr class="htcml-trial htcml-{html.escape(r.status.split()[0])}">'
+                    f"<td>{r.trial}</td>{cells}{value}<td>{html.escape(r.status)}</td>"
+                    f"<td>{r.steps}</td><td>{r.evictions}{resumed}</td></tr>")
+    more = (f"<tr><td colspan='99'>... {len(rows) - TABLE_ROWS} more trials "
+            f"(sweep.table())</td></tr>" if len(rows) > TABLE_ROWS else "")
+    return ('<table class="htcml-trials"><tr><th>trial</th>' + head + metric_head
+            + "<th>status</th><th>steps</th><th>evictions</th></tr>" + "".join(body) + more
+            + "</table>")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class SweepPanel(MapPanel):
+    """A :class:`MapPanel` with the trials table and a plot of a chosen metric."""
+
+    def __init__(self, sweep: Sweep, interval: float = 1.0, start: bool = True):
+        import ipywidgets as w
+
+        self.sweep = sweep
+        self.metric_choice = w.Dropdown(description="metric", options=[], value=None)
+        self.plot = w.HTML()
+        self.trials = w.HTML()
+        super().__init__(sweep, interval=interval, start=False)
+        self.widget.children = (*self.widget.children[:-1], self.metric_choice, self.plot,
+                                self.trials, self.widget.children[-1])
+        self.metric_choice.observe(lambda _: self._draw_sweep(), names="value")
+        if start:
+            self.start()
+
+    def _draw(self, p: MapProgress) -> None:
+        super()._draw(p)
+        self._draw_sweep()
+
+    def _draw_sweep(self) -> None:
+        sweep = self.sweep
+        rows = sweep.rows(with_results=False)
+        histories = sweep.all_reports()
+        names = sorted({k for h in histories.values() for r in h for k in r
+                        if k not in ("step", "time")})
+        if list(self.metric_choice.options) != names:
+            keep = self.metric_choice.value
+            self.metric_choice.options = names
+            preferred = sweep.metric if sweep.metric in names else (names[0] if names else None)
+            self.metric_choice.value = keep if keep in names else preferred
+        metric = self.metric_choice.value or sweep.metric
+        status = {r.trial: r.status for r in rows}
+        best = None
+        if metric:
+            done = [r for r in rows if metric in r.metrics and r.status in ("done", "running")]
+            if done:
+                pick = min if sweep.mode == "min" else max
+                best = pick(done, key=lambda r: r.metrics[metric]).trial
+        self.plot.value = curves_svg(histories, metric, status, best) if metric else ""
+        self.trials.value = trials_table_html(rows, metric, sweep.mode)
