@@ -321,6 +321,10 @@ class CondorBackend:
             schedd.act(htcondor2.JobAction.Remove, f"ClusterId == {cluster}",
                        reason="cancelled by htcml_jupyter")
 
+    def vacate(self, job_ids: list[str]) -> None:
+        """Evict running jobs; they return to the queue (and resume from a checkpoint)."""
+        self._act("Vacate", job_ids, "evicted by htcml_jupyter")
+
     def release(self, store: MapStore, job_ids: list[str]) -> None:
         self._act("Release", job_ids, "released by htcml_jupyter")
 

@@ -338,6 +338,14 @@ def _native_release_paths(config: Path) -> dict[str, str]:
     return paths
 
 
+def _native_env(config: Path) -> dict[str, str]:
+    """The environment for HTCondor's tools: this configuration, and the sbin folders
+    (condor_master lies in /usr/sbin, not on an ordinary Debian user's PATH)."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    path += [p for p in ("/usr/sbin", "/sbin") if p not in path]
+    return {**os.environ, "CONDOR_CONFIG": str(config), "PATH": os.pathsep.join(path)}
+
+
 def _native_port(daemon_config: Path) -> int:
     """The collector's port: the one used before when it is still free (so clients that
     read the old configuration keep working), else any free one."""
@@ -409,7 +417,7 @@ def _up_native(state_dir: Path, num_cpus: int) -> PoolState:
     local = state_dir / "local"
     daemon_config = local / "condor_config"
     user = pwd.getpwuid(os.getuid()).pw_name
-    env = {**os.environ, "CONDOR_CONFIG": str(daemon_config)}
+    env = _native_env(daemon_config)
     if not (daemon_config.exists() and _master_running_env(env)):
         for sub in _NATIVE_DIRS:
             mode = 0o700 if sub in ("cred_dir", "passwords.d", "tokens.d") else 0o755
@@ -471,7 +479,7 @@ def _master_running_env(env: dict[str, str]) -> bool:
 def _down_native(state: PoolState) -> None:
     """Stop a personal pool: ask the master to shut down, then end it if it lingers."""
     local = Path(state.state_dir) / "local"
-    env = {**os.environ, "CONDOR_CONFIG": str(local / "condor_config")}
+    env = _native_env(local / "condor_config")
     subprocess.run(["condor_off", "-fast", "-master"], env=env, capture_output=True)
     pid_file = local / "run/master.pid"
     try:
@@ -507,7 +515,8 @@ def up(state_dir: Path | None = None, *, num_cpus: int = 8) -> PoolState:
     """Start the project's pool (or find it running) and record how to reach it."""
     state_dir = state_dir or default_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
-    if shutil.which("condor_master") and os.geteuid() != 0:
+    sbin_path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    if shutil.which("condor_master", path=sbin_path) and os.geteuid() != 0:
         state = _up_native(state_dir, num_cpus)
     else:
         state = _up_rootfs(state_dir, num_cpus)

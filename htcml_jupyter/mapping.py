@@ -162,6 +162,10 @@ class Map:
             elif "restored" in record:
                 info = self._checkpoints.setdefault(item, {"saved": None, "restored": []})
                 info["restored"].append(record["restored"])
+                evictions = status.evictions if status else 0
+                if evictions > info.get("evictions_seen", 0):  # a restart after an eviction
+                    info["evictions_seen"] = evictions
+                    info.setdefault("resumed", []).append(record["restored"])
         return True
 
     def reports(self, item: int) -> list[dict[str, Any]]:
@@ -179,8 +183,9 @@ class Map:
             return {i: list(r) for i, r in self._reports.items()}
 
     def checkpoints(self) -> dict[int, dict[str, Any]]:
-        """Per item: the step of the last saved checkpoint, the steps it was restored
-        from (one per restart), and how often its job was evicted."""
+        """Per item: ``saved``, the step of the last saved checkpoint; ``restored``, the
+        step restored at each restart; ``resumed``, the steps it resumed from after an
+        eviction; ``evictions``, how often its job was evicted."""
         self.refresh()
         with self._lock:
             out = {}
@@ -191,6 +196,7 @@ class Map:
                     continue
                 info = info or {"saved": None, "restored": []}
                 out[item] = {"saved": info["saved"], "restored": list(info["restored"]),
+                             "resumed": list(info.get("resumed", [])),
                              "evictions": status.evictions}
             return out
 
@@ -477,6 +483,21 @@ class Map:
     def aborted(self) -> dict[int, str]:
         """Items stopped on purpose with :meth:`abort`: ``{item: reason}``."""
         return self.store.aborted()
+
+    def vacate(self, items: Iterable[int] | None = None) -> int:
+        """Evict running jobs (as preemption would): they go back to the queue and run
+        again, from their last checkpoint when they save one.  Returns how many."""
+        states = self.item_states()
+        wanted = range(self.n_items) if items is None else items
+        with self._lock:
+            ids = {self._table.tasks[self._table.item_task[i]].job_id for i in wanted
+                   if states[i] is ItemState.RUNNING}
+            ids.discard(None)
+            vacate = getattr(self.backend, "vacate", None)
+            if vacate is None:
+                raise HTCMLError(f"jobs on {self.backend.description} cannot be evicted")
+            vacate(sorted(j for j in ids if j))
+            return len(ids)
 
     def release(self) -> int:
         """Release held jobs so they run again; returns how many were released."""

@@ -246,7 +246,7 @@ class Sweep(Map):
             steps = [r["step"] for r in history if r.get("step") is not None]
             rows.append(TrialRow(
                 i, dict(params), status, metrics, (max(steps) + 1) if steps else 0, seconds,
-                task.host, task.evictions, (ck.get("restored") or [None])[-1],
+                task.host, task.evictions, (ck.get("resumed") or [None])[-1],
                 aborted.get(i)))
         return rows
 

@@ -57,3 +57,25 @@ def test_quickstart(pool: str, notebook_dir: Path, monkeypatch: pytest.MonkeyPat
     assert "'failed': 1" in text and "KeyError" in text  # the failed item and its traceback
     assert "[0.5, 0.8, 0.3]" in text                     # after the retry
     assert "slow_square" in text and "price" in text     # %htc_maps
+
+
+def test_hyperparameter_sweep(pool: str, notebook_dir: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_POOL", pool)
+    text = _outputs(_execute("02-hyperparameter-sweep.ipynb", notebook_dir))
+    assert "(1347, 64) (450, 64)" in text
+    assert "aborted early" in text
+    import re
+
+    steps = [int(n) for n in re.findall(r"aborted early\s+(\d+)", text)]
+    assert steps and min(steps) < 40  # stopped before its last epoch
+    assert "best trial:" in text and "test accuracy of the best model" in text
+
+
+def test_checkpointing(pool: str, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_POOL", pool)
+    text = _outputs(_execute("03-checkpointing.ipynb", notebook_dir))
+    assert "evicting now" in text
+    assert "evicted 1 job" in text and "evictions: 1" in text
+    assert "resumed after the eviction from epoch: [" in text
+    assert "identical to an uninterrupted run: True" in text
