@@ -93,7 +93,8 @@ class _Reporter:
         chirp = None
         while True:
             first = self.queue.get()
-            time.sleep(0.05)  # let a burst of reports gather into one update
+            # Whatever queued while the last update was on its way goes in this one:
+            # a burst of reports batches itself, a lone report leaves at once.
             batch, stop = self._drain(first)
             if batch:
                 try:
