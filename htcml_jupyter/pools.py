@@ -12,7 +12,6 @@ up``) or the path of an HTCondor client configuration file.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ _HOW_TO = ("start the project's pool with `htcml pool up`, point CONDOR_CONFIG a
 class LocalFallbackNotice(UserWarning):
     """No HTCondor pool was found, so a map runs in local processes."""
 
+
+warnings.simplefilter("always", LocalFallbackNotice)  # a notice each time, never hidden
 
 def project_backend() -> CondorBackend | None:
     """The project's pool when ``htcml pool up`` started it, else None."""
@@ -93,10 +94,10 @@ def resolve_backend(pool: str | None = None, backend: str | None = None,
             pass
     if backend == "condor" or not _fallback_allowed(fallback):
         raise PoolUnavailable(f"no HTCondor pool is reachable: {_HOW_TO}")
-    message = (f"htcml_jupyter: no HTCondor pool found, running in local processes instead "
-               f"({_HOW_TO.split(', pass')[0]} to use one)")
-    warnings.warn(message, LocalFallbackNotice, stacklevel=3)
-    print(message, file=sys.stderr)
+    warnings.warn("no HTCondor pool found, so this map runs in local processes. To use a "
+                  "pool, start the project's pool with `htcml pool up` or point "
+                  "CONDOR_CONFIG at your pool's configuration (HTCML_LOCAL_FALLBACK=0 makes "
+                  "this an error).", LocalFallbackNotice, stacklevel=3)
     return LocalBackend()
 
 
