@@ -18,6 +18,7 @@ from .job import checkpoint, device, report
 from .paths import default_map_root
 
 if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us starts fast
+    from .chunking import auto_chunksize
     from .errors import (
         HTCMLError,
         ItemHeld,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
         WaitTimeout,
     )
     from .grid import grid_points, unpack
-    from .mapping import Chunksize, Map, auto_chunksize
+    from .mapping import Chunksize, Map
     from .options import OPTIONS, OptionError, describe_options
     from .payload import PickleError
     from .policies import MedianStopping, SuccessiveHalving, Threshold
@@ -54,7 +55,7 @@ _LAZY = {
     "MapError": "errors", "MapNotFound": "errors", "PoolUnavailable": "errors",
     "RemoteError": "errors", "WaitTimeout": "errors",
     "grid_points": "grid", "unpack": "grid",
-    "Map": "mapping", "auto_chunksize": "mapping", "Chunksize": "mapping",
+    "Map": "mapping", "auto_chunksize": "chunking", "Chunksize": "mapping",
     "OPTIONS": "options", "OptionError": "options", "describe_options": "options",
     "PickleError": "payload", "pool_resources": "resources", "ItemState": "state",
     "Sweep": "sweeps", "uniform": "sweeps", "loguniform": "sweeps", "randint": "sweeps",
@@ -166,7 +167,7 @@ def map(
         Resources and policy, e.g. ``request_memory="4GB"``, ``request_gpus=1``,
         ``max_idle=100``, ``submit_extra={...}``; see :func:`describe_options`.
     """
-    from .mapping import create_map
+    from .creation import create_map
     from .pools import resolve_backend
 
     chosen = resolve_backend(pool, backend)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import math
-import os
 import pickle
-import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from .backend import Backend, give_to_job_user
+from .chunking import auto_chunksize, chunks
 from .errors import HTCMLError, ItemHeld, ItemRemoved, MapError, RemoteError
-from .options import OptionError, SubmitOptions
-from .payload import code_locations, dump_function, dump_items, restore_source_lines
+from .options import SubmitOptions
+from .payload import dump_items, restore_source_lines
 from .runner import ITEM_MARKER, read_header
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
@@ -25,52 +24,6 @@ Chunksize = int | Literal["auto"]
 
 #: How long the event log may stay quiet before the queue is asked about missing jobs.
 VANISHED_CHECK_AFTER = 60.0
-
-
-class EventReader(Protocol):
-    def read(self) -> list[TaskEvent]: ...
-
-    def close(self) -> None: ...
-
-
-class Backend(Protocol):
-    """What a map needs from where its jobs run (an HTCondor pool or local processes)."""
-
-    kind: str
-    description: str
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def capacity(self, options: SubmitOptions) -> int: ...
-
-    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
-               batch_name: str) -> int: ...
-
-    def event_reader(self, store: MapStore) -> Any: ...
-
-    def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None: ...
-
-    def release(self, store: MapStore, job_ids: list[str]) -> None: ...
-
-    def vanished(self, reader: Any, table: TaskTable) -> list[TaskEvent]: ...
-
-
-def auto_chunksize(n_items: int, slots: int) -> int:
-    """Items per job for ``chunksize="auto"``.
-
-    With at most twice as many items as matching slots, every item gets its own job
-    (best load balance and isolation).  With more, items are packed so that each slot
-    gets about one job: the per-job cost of HTCondor (about a third of a slot-second
-    plus a fresh interpreter) is then paid once per slot instead of once per item.
-    When no slot matches (yet), every item gets its own job.
-    """
-    if slots <= 0 or n_items <= 2 * slots:  # no matching slot known: keep items apart
-        return 1
-    return math.ceil(n_items / slots)
-
-
-def _chunks(indexes: list[int], size: int) -> list[list[int]]:
-    return [indexes[i:i + size] for i in range(0, len(indexes), size)]
 
 
 class Map:
@@ -528,13 +481,13 @@ class Map:
                 self.backend.remove(self.store, held_ids, set())
             arguments = self._load_arguments(again)
             first = self._table.next_task_id()
-            chunks = _chunks(again, self._chunksize_for(len(again)))
+            packed = chunks(again, self._chunksize_for(len(again)))
             tasks = []
-            for offset, chunk in enumerate(chunks):
+            for offset, chunk in enumerate(packed):
                 task = first + offset
                 dump_items([(i, arguments[i]) for i in chunk], self.store.input_file(task))
                 tasks.append((task, chunk))
-            _give_to_job_user(self.store, self.backend)
+            give_to_job_user(self.store, self.backend)
             self.store.add_tasks(tasks)
             for task, chunk in tasks:
                 self._table.add_task(task, chunk)
@@ -574,77 +527,3 @@ class Map:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _give_to_job_user(store: MapStore, backend: Backend) -> None:
-    uid = backend.describe().get("job_uid")
-    if uid is not None and os.geteuid() == 0 and uid != 0:
-        store.chown(int(uid))
-
-
-def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
-               kwargs: dict[str, Any] | None, backend: Backend, root: Path,
-               name: str | None, chunksize: Chunksize, options: dict[str, Any],
-               extra_meta: dict[str, Any] | None = None) -> Map:
-    """Validate, write the map's folder, submit its jobs, and return the handle."""
-    from .store import new_map_name
-
-    submit_options = SubmitOptions.from_kwargs(options)
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise OptionError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")
-    if chunksize != "auto" and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
-                                or chunksize < 1):
-        raise OptionError(f"chunksize must be a whole number >= 1 or 'auto', not {chunksize!r}")
-    if isinstance(iterable, (str, bytes)):
-        raise TypeError("map over a list of strings, not one string (which would map over "
-                        "its characters); wrap it: [text]")
-    try:
-        iterator = iter(iterable)
-    except TypeError:
-        raise TypeError(f"the inputs must be iterable (a list, range, generator...), not "
-                        f"{type(iterable).__name__}") from None
-    arguments = list(iterator)
-    if not arguments:
-        raise ValueError("the inputs are empty: there is nothing to map")
-    fn_name = getattr(function, "__name__", "map")
-    name = name or new_map_name(fn_name)
-    check = getattr(backend, "check_visible", None)
-    if check is not None:
-        check(root / name)
-    size = (auto_chunksize(len(arguments), backend.capacity(submit_options))
-            if chunksize == "auto" else chunksize)
-    meta = {
-        "name": name, "function": fn_name, "created": time.time(), "n_items": len(arguments),
-        "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
-        "pool": backend.describe(), "batch_name": name,
-        "code_locations": code_locations(function),
-        **(extra_meta or {}),
-    }
-    import tempfile
-
-    # Pickle the function before anything exists, so a bad function leaves nothing behind.
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "function.pkl"
-        dump_function(function, kwargs, probe)
-        store = MapStore.create(root, name, meta)
-        try:
-            os.replace(probe, store.function_file)
-        except OSError:
-            dump_function(function, kwargs, store.function_file)
-    indexes = list(range(len(arguments)))
-    tasks = list(enumerate(_chunks(indexes, size)))
-    for task, chunk in tasks:
-        dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
-    store.add_tasks(tasks)
-    _give_to_job_user(store, backend)
-    handle = Map(store, backend)
-    try:
-        backend.submit(store, [t for t, _ in tasks], submit_options, name)
-    except BaseException:
-        handle.close()
-        shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
-        raise
-    return handle
-

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from . import devpool
+from .backend import Backend
 from .condor import CondorBackend
 from .errors import PoolUnavailable
 from .local import LocalBackend
-from .mapping import Backend
 
 SYSTEM_CONFIG = "/etc/condor/condor_config"
 _HOW_TO = ("start the project's pool with `htcml pool up`, point CONDOR_CONFIG at your "

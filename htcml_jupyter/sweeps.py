@@ -19,8 +19,10 @@ from typing import Any, Literal
 
 import cloudpickle
 
+from .backend import Backend
+from .creation import create_map
 from .grid import grid_points, unpack
-from .mapping import Backend, Map, create_map
+from .mapping import Map
 from .policies import Policy
 from .state import ItemState
 from .store import MapStore
