@@ -39,9 +39,14 @@ def trials_table_html(rows: list[TrialRow], metric: str | None, mode: str) -> st
                     f"<td>{r.steps}</td><td>{r.evictions}{resumed}</td></tr>")
     more = (f"<tr><td colspan='99'>... {len(rows) - TABLE_ROWS} more trials "
             f"(sweep.table())</td></tr>" if len(rows) > TABLE_ROWS else "")
-    return ('<table class="htcml-trials"><tr><th>trial</th>' + head + metric_head
-            + "<th>status</th><th>steps</th><th>evictions</th></tr>" + "".join(body) + more
-            + "</table>")
+    table = ('<table class="htcml-trials"><tr><th>trial</th>' + head + metric_head
+             + "<th>status</th><th>steps</th><th>evictions</th></tr>" + "".join(body) + more
+             + "</table>")
+    return (table.replace("<td>", f'<td style="{_CELL}">')
+            .replace("<th>", f'<th style="{_CELL};text-align:left">'))
+
+
+_CELL = "padding:1px 10px 1px 0"
 
 
 def _fmt(value: Any) -> str:

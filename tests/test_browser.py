@@ -32,6 +32,10 @@ NOTEBOOK_CELLS = [
     "%load_ext htcml_jupyter",
     "%%htc_map --over range(12) -o m\ndef double(x):\n    return 2 * x",
     "%%htc_map --over range(4) -o bad\ndef inv(x):\n    return 1 / x",
+    "%%htc_map --grid {'lr':[0.1,0.3,0.5]} --metric loss -o sw\n"
+    "def fit(lr):\n    import time\n    import htcml_jupyter as htc\n    loss = 1.0\n"
+    "    for step in range(4):\n        loss *= 1 - lr\n"
+    "        htc.report(step=step, loss=loss)\n        time.sleep(0.3)\n    return loss",
 ]
 
 #: True once the open notebook's kernel is connected and idle.
@@ -155,6 +159,15 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
             expect(bad.locator(".htcml-panel .widget-select")).to_contain_text(
                 "ZeroDivisionError")
             bad.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-failed.png"))
+
+            sweep = cells.nth(3).locator(".jp-OutputArea-output")
+            _check_panel(sweep, "3 / 3 done", 100, "success")
+            step("sweep finished in the page")
+            curves = sweep.locator(".htcml-panel svg.htcml-curves polyline.htcml-curve")
+            expect(curves).to_have_count(3, timeout=10_000)
+            expect(sweep.locator(".htcml-panel table.htcml-trials tr.htcml-trial")
+                   ).to_have_count(3)
+            sweep.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-sweep.png"))
             page.screenshot(path=str(SHOTS / "page.png"))
         except Exception as exc:
             try:

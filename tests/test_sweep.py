@@ -182,7 +182,7 @@ def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> N
         assert 'data-trial="1"' in panel.plot.value and 'stroke-width="3"' in panel.plot.value
         assert panel.trials.value.count('<tr class="htcml-trial ') == 2
         first_row = panel.trials.value.split('<tr class="htcml-trial ')[1]
-        assert "<td>1</td>" in first_row  # best first: lr=0.5 is trial 1
+        assert first_row.split("</td>")[0].endswith(">1")  # best first: lr=0.5 is trial 1
         panel.metric_choice.value = "lr_seen"
         assert "lr_seen" in panel.plot.value
     finally:
