@@ -65,17 +65,21 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
             os.replace(probe, store.function_file)
         except OSError:
             dump_function(function, kwargs, store.function_file)
-    indexes = list(range(len(arguments)))
-    tasks = list(enumerate(chunks(indexes, size)))
-    for task, chunk in tasks:
-        dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
-    store.add_tasks(tasks)
-    give_to_job_user(store, backend)
-    handle = Map(store, backend)
+    try:
+        indexes = list(range(len(arguments)))
+        tasks = list(enumerate(chunks(indexes, size)))
+        for task, chunk in tasks:
+            dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
+        store.add_tasks(tasks)
+        give_to_job_user(store, backend)
+        handle = Map(store, backend)
+    except BaseException:
+        shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
+        raise
     try:
         backend.submit(store, [t for t, _ in tasks], submit_options, name)
     except BaseException:
         handle.close()
-        shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
+        shutil.rmtree(store.path, ignore_errors=True)
         raise
     return handle

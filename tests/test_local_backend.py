@@ -72,3 +72,12 @@ def test_pool_that_is_down_gives_a_clear_error(map_root: Path, tmp_path: Path) -
     with pytest.raises(htc.PoolUnavailable, match=r"htcml pool up|schedd"):
         htc.map(helpers.square, [1, 2], root=map_root, pool=str(config), name="dead")
     assert not (map_root / "dead").exists()
+
+
+def test_unpicklable_item_leaves_nothing(map_root: Path) -> None:
+    import threading
+
+    with pytest.raises(htc.PickleError, match="items starting at 1"):
+        htc.map(helpers.square, [1, threading.Lock()], root=map_root, backend="local",
+                chunksize=1, name="bad-item")
+    assert not (map_root / "bad-item").exists()
