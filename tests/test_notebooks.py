@@ -68,7 +68,7 @@ def test_hyperparameter_sweep(pool: str, notebook_dir: Path,
     import re
 
     steps = [int(n) for n in re.findall(r"aborted early\s+(\d+)", text)]
-    assert steps and max(steps) < 30  # every stopped trial stopped before its last epoch
+    assert steps and min(steps) < 15  # the slow learners stopped long before epoch 30
     assert "best trial:" in text and "test accuracy of the best model" in text
 
 
