@@ -314,6 +314,17 @@ class Map:
             raise MapError(self.name, failures, self.n_items)
         return out
 
+    def error(self, item: int) -> HTCMLError | None:
+        """Why ``item`` has no result (RemoteError, ItemHeld, ItemRemoved), or None when it
+        is done or still pending.  Reads the state known now; ``refresh()`` reads more."""
+        self._check_index(item)
+        with self._lock:
+            status = self._table.tasks[self._table.item_task[item]]
+            state = self._item_state(item, status)
+            if state is ItemState.DONE or not state.settled:
+                return None
+            return self._error_of(item, state)
+
     def result(self, item: int) -> Any:
         """One item's result (raises its error when it has none)."""
         self._check_index(item)

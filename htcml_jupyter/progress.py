@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .errors import ItemHeld, RemoteError
 from .state import ItemState
 
 if TYPE_CHECKING:
@@ -97,21 +98,18 @@ def snapshot(m: Map) -> MapProgress:
     elif not pending:
         eta = 0.0
     problems: list[ItemProblem] = []
-    holds = m.holds if counts[ItemState.HELD] else {}
-    errors = m.errors if counts[ItemState.FAILED] else {}
-    for i, s in enumerate(states):
+    for i, s in enumerate(states):  # only the listed items' errors are built
         if len(problems) >= MAX_LISTED:
             break
-        if s is ItemState.FAILED:
-            err = errors.get(i)
-            summary = f"{err.short_type}: {err.message}" if err else "failed"
-        elif s is ItemState.HELD:
-            summary = holds.get(i, "held")
-        elif s is ItemState.REMOVED:
-            summary = "removed"
-        else:
-            continue
-        problems.append(ItemProblem(i, s, summary))
+        if s in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED):
+            err = m.error(i)
+            if isinstance(err, RemoteError):
+                summary = f"{err.short_type}: {err.message}"
+            elif isinstance(err, ItemHeld):
+                summary = err.reason
+            else:
+                summary = "removed"
+            problems.append(ItemProblem(i, s, summary))
     return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), len(states),
                        counts, elapsed, eta, problems)
 
