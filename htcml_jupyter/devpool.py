@@ -95,7 +95,16 @@ def default_state_dir() -> Path:
     return htcml_home() / "pool"
 
 
+def chroot_env() -> dict[str, str]:
+    """This process's environment without HTCondor settings: the daemons and tools in
+    the root must read the root's own configuration, not a client's CONDOR_CONFIG."""
+    return {k: v for k, v in os.environ.items()
+            if k != "CONDOR_CONFIG" and not k.startswith("_CONDOR_")}
+
+
 def _run(cmd: list[str], *, check: bool = True, quiet: bool = True, **kw: object) -> str:
+    if cmd and cmd[0] == "chroot" and "env" not in kw:
+        kw["env"] = chroot_env()
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
         raise PoolError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")

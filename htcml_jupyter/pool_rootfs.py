@@ -28,6 +28,7 @@ from .devpool import (
     _run,
     _say,
     _write_client_config,
+    chroot_env,
 )
 from .paths import htcml_home
 
@@ -164,7 +165,7 @@ def _master_running(prefix: list[str]) -> bool:
 def _wait_ready(prefix: list[str], timeout: float = 90) -> None:
     proc = subprocess.run([*prefix, "condor_who", f"-wait:{int(timeout)}",
                            'IsReady && STARTD_State =?= "Ready"'],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=chroot_env())
     if proc.returncode != 0:
         raise PoolError(f"the pool did not become ready within {timeout:.0f} s:\n"
                         f"{proc.stdout[-1000:]}{proc.stderr[-1000:]}")

@@ -39,3 +39,18 @@ def test_maps_status_cancel_clean(pool_env: str, map_root: Path) -> None:
     cleaned = _htcml("--root", str(map_root), "clean", "--finished")
     assert "2 maps deleted" in cleaned.stdout
     assert htc.list_maps(map_root) == []
+
+
+def test_pool_restarts_with_a_client_configuration_in_the_environment(pool: str) -> None:
+    """`htcml pool up` must not hand the client's CONDOR_CONFIG to the pool's daemons."""
+    import os
+
+    env = {**os.environ, "CONDOR_CONFIG": pool}
+    run = {"capture_output": True, "text": True, "timeout": 180, "env": env}
+    down = subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", "pool", "down"], **run)
+    assert down.returncode == 0 and "pool stopped" in down.stdout
+    up = subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", "pool", "up"], **run)
+    assert up.returncode == 0, up.stderr
+    assert "8 CPUs" in up.stdout
+    status = _htcml("pool", "status")
+    assert status.returncode == 0 and "pool up" in status.stdout
