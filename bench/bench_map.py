@@ -26,9 +26,9 @@ import cloudpickle
 import htcondor2
 
 import htcml_jupyter as htc
-from htcml_jupyter.condor import activate_config
-from htcml_jupyter.options import SubmitOptions
-from htcml_jupyter.pools import project_backend
+from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.backends.pools import project_backend
+from htcml_jupyter.engine.options import SubmitOptions
 
 BASELINE_JOB = textwrap.dedent("""
     import pickle, sys

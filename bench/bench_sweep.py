@@ -22,7 +22,7 @@ from pathlib import Path
 import htcondor2
 
 import htcml_jupyter as htc
-from htcml_jupyter.grid import grid_points, unpack
+from htcml_jupyter.engine.grid import grid_points, unpack
 
 
 def probe(n_reports: int) -> dict:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from . import devpool
-from .errors import HTCMLError
+from .engine.errors import HTCMLError
 
 
 def _pool(args: argparse.Namespace) -> int:
@@ -32,10 +31,10 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _print_slots(config: str) -> None:
-    from .resources import pool_resources
+    from .backends.resources import collector_resources
 
     try:
-        res = pool_resources(config)
+        res = collector_resources(config)
     except HTCMLError as exc:
         print(f"(cannot list slots: {exc})")
         return
@@ -44,16 +43,13 @@ def _print_slots(config: str) -> None:
 
 
 def _maps(args: argparse.Namespace) -> int:
-    from . import list_maps
+    from .api import list_maps, maps_text
 
     infos = list_maps(args.root)
     if not infos:
         print("no maps")
         return 0
-    print(f"{'NAME':<32} {'ITEMS':>6}  {'CREATED':<16} POOL")
-    for info in infos:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-        print(f"{info.name:<32} {info.n_items:>6}  {created:<16} {info.pool}")
+    print(maps_text(infos))
     return 0
 
 

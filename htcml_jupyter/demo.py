@@ -22,13 +22,12 @@ def run_demo(root: str | None = None, items: int = 40) -> int:
     m = htc.map(estimate_pi, range(items), kwargs={"samples": 200_000}, root=root,
                 request_memory="256MB")
     print(f"map {m.name}: {items} items on {m.backend.description}")
-    last = None
-    while not m.wait(timeout=1):
-        counts = m.status()
+
+    def show(counts: dict[str, int]) -> None:
         line = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-        if line != last:
-            print(f"  {time.time() - started:5.1f} s  {line}", flush=True)
-            last = line
+        print(f"  {time.time() - started:5.1f} s  {line}", flush=True)
+
+    m.wait(progress=show)
     estimates = m.results()
     mean = sum(estimates) / len(estimates)
     print(f"done in {time.time() - started:.1f} s: mean of {items} estimates of pi = "

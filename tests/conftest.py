@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from htcml_jupyter import devpool
-from htcml_jupyter.pools import project_backend
+from htcml_jupyter.backends.pools import project_backend
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def _remove_jobs_under(root: Path) -> None:
         return
     import htcondor2
 
-    from htcml_jupyter.condor import activate_config
+    from htcml_jupyter.backends.condor import activate_config
 
     activate_config(state.client_config)
     try:

@@ -9,7 +9,7 @@ import htcondor2
 import torch  # installed by scripts/setup-env (the CPU build)
 
 import htcml_jupyter as htc
-from htcml_jupyter.condor import activate_config
+from htcml_jupyter.backends.condor import activate_config
 
 EPOCHS = 6
 

@@ -54,7 +54,7 @@ def test_no_pool_and_no_fallback_names_the_fix(tmp_path: Path,
 
 def test_fallback_runs_locally_with_a_notice(map_root: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from htcml_jupyter.pools import LocalFallbackNotice
+    from htcml_jupyter.backends.pools import LocalFallbackNotice
 
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)
     monkeypatch.delenv("HTCML_POOL", raising=False)

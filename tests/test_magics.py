@@ -9,7 +9,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import htcml_jupyter as htc
-from htcml_jupyter.magics import resolve_expression
+from htcml_jupyter.views.magics import resolve_expression
 
 
 @pytest.fixture

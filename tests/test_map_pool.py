@@ -15,7 +15,7 @@ import htcondor2
 import pytest
 
 import htcml_jupyter as htc
-from htcml_jupyter.condor import activate_config
+from htcml_jupyter.backends.condor import activate_config
 from tests import helpers
 
 AWKWARD = [

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from htcml_jupyter import auto_chunksize
-from htcml_jupyter.options import OptionError, SubmitOptions, size_in_mb
+from htcml_jupyter.engine.options import OptionError, SubmitOptions, size_in_mb
 
 
 def test_unknown_option_lists_valid_ones() -> None:

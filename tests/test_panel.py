@@ -9,10 +9,10 @@ import htcondor2
 import pytest
 
 import htcml_jupyter as htc
-from htcml_jupyter.condor import activate_config
-from htcml_jupyter.panel import MapPanel
-from htcml_jupyter.progress import render_html, render_text, snapshot
-from htcml_jupyter.state import ItemState
+from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.engine.state import ItemState
+from htcml_jupyter.views.panel import MapPanel
+from htcml_jupyter.views.progress import render_html, render_text, snapshot
 from tests import helpers
 
 
@@ -140,6 +140,6 @@ def test_text_and_html_are_escaped(map_root: Path) -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5 s"), (75, "1 min 15 s"),
                                                (3700, "1 h 01 min"), (None, "?")])
 def test_format_seconds(seconds, text) -> None:  # type: ignore[no-untyped-def]
-    from htcml_jupyter.progress import format_seconds
+    from htcml_jupyter.views.progress import format_seconds
 
     assert format_seconds(seconds) == text

@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 
 from htcml_jupyter import runner
-from htcml_jupyter.payload import dump_function, dump_items, payload_header
+from htcml_jupyter.engine.payload import dump_function, dump_items, payload_header
 from tests import helpers
 
 

@@ -9,9 +9,9 @@ import htcondor2
 import pytest
 
 import htcml_jupyter as htc
-from htcml_jupyter.condor import activate_config
-from htcml_jupyter.job import local_reports
-from htcml_jupyter.sweeps import sample_space
+from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.jobside.job import local_reports
+from htcml_jupyter.training.sweeps import sample_space
 
 
 def decaying(lr: float, depth: int, epochs: int = 6, pause: float = 0.4) -> dict:
@@ -165,7 +165,7 @@ def test_policies(policy, trial: int, expect: str | None) -> None:  # type: igno
 
 
 def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> None:
-    from htcml_jupyter.sweep_panel import SweepPanel
+    from htcml_jupyter.views.sweep_panel import SweepPanel
 
     s = htc.sweep(decaying, grid={"lr": [0.1, 0.5], "depth": [1], "epochs": [4],
                                   "pause": [0.2]}, metric="loss", root=map_root)

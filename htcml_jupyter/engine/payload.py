@@ -14,7 +14,7 @@ from typing import Any
 
 import cloudpickle
 
-from .runner import python_version, write_payload
+from ..jobside.runner import python_version, write_payload
 
 
 class PickleError(TypeError):

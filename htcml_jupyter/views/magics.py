@@ -21,7 +21,6 @@ from __future__ import annotations
 import ast
 import html
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +29,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Int, Unicode
 
-from .errors import HTCMLError
-from .options import OptionError
-from .payload import PickleError
+from ..engine.errors import HTCMLError
+from ..engine.options import OptionError, default_of
+from ..engine.payload import PickleError
 
 _SAFE_CALLS = {"range": range, "list": list, "tuple": tuple}
 
@@ -107,10 +106,12 @@ def _has_widget_frontend(shell: Any) -> bool:
 class HTCMagics(Magics):
     """Map notebook functions over inputs as HTCondor jobs (see ``%%htc_map?``)."""
 
-    request_memory = Unicode("1GB", help="memory per job when --memory is not given").tag(
-        config=True)
-    request_cpus = Int(1, help="CPU cores per job when --cpus is not given").tag(config=True)
-    request_disk = Unicode("1GB", help="disk per job when --disk is not given").tag(config=True)
+    request_memory = Unicode(default_of("request_memory"),
+                             help="memory per job when --memory is not given").tag(config=True)
+    request_cpus = Int(default_of("request_cpus"),
+                       help="CPU cores per job when --cpus is not given").tag(config=True)
+    request_disk = Unicode(default_of("request_disk"),
+                           help="disk per job when --disk is not given").tag(config=True)
     pool = Unicode("", help="pool for new maps ('project', 'local' or a configuration file; "
                    "empty: the usual search)").tag(config=True)
     chunksize = Unicode("auto", help="items per job: a number or 'auto'").tag(config=True)
@@ -278,30 +279,19 @@ class HTCMagics(Magics):
             raise UsageError(f"nothing was submitted: {exc}") from None
 
     def _present(self, m: Any, args: Any) -> None:
-        from IPython.display import display
-
-        from .panel import MapPanel
         from .progress import render_text, snapshot
-        from .sweep_panel import SweepPanel
-        from .sweeps import Sweep
 
         widgets_ok = self.panel and not args.no_panel and _has_widget_frontend(self.shell)
-        panel: MapPanel | None = None
-        if widgets_ok:
-            panel = SweepPanel(m) if isinstance(m, Sweep) else MapPanel(m)
-        if panel is not None:
-            display(panel)
-        elif not args.wait:
+        panel = m.panel() if widgets_ok else None
+        if panel is None and not args.wait:
             print(render_text(snapshot(m)))
         if not args.wait:
             return
-        last = ""
-        while not m.wait(timeout=2):
-            if panel is None:
-                text = render_text(snapshot(m)).splitlines()[0]
-                if text != last:
-                    print(text, flush=True)
-                    last = text
+
+        def headline(_counts: dict[str, int]) -> None:
+            print(render_text(snapshot(m)).splitlines()[0], flush=True)
+
+        m.wait(progress=headline if panel is None else None)
         if panel is not None:
             panel.update()
         else:
@@ -334,14 +324,13 @@ class HTCMagics(Magics):
             return
         from IPython.display import display
 
-        rows = "".join(
-            f"<tr><td>{html.escape(i.name)}</td><td>{html.escape(i.function)}</td>"
-            f"<td>{i.n_items}</td><td>{time.strftime('%Y-%m-%d %H:%M', time.localtime(i.created))}"
-            f"</td><td>{html.escape(i.pool)}</td></tr>" for i in infos)
-        text = "\n".join(f"{i.name}  {i.function}  {i.n_items} items  {i.pool}" for i in infos)
-        display({"text/plain": text,
-                 "text/html": "<table><tr><th>name</th><th>function</th><th>items</th>"
-                              f"<th>created</th><th>pool</th></tr>{rows}</table>"}, raw=True)
+        from ..api import MAP_COLUMNS, maps_text
+
+        head = "".join(f"<th>{c}</th>" for c in MAP_COLUMNS)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(i.row()[c])}</td>"
+                                        for c in MAP_COLUMNS) + "</tr>" for i in infos)
+        display({"text/plain": maps_text(infos),
+                 "text/html": f"<table><tr>{head}</tr>{rows}</table>"}, raw=True)
 
     @magic_arguments()
     @argument("name", help="the map's name (or a variable holding a map)")
@@ -389,25 +378,12 @@ class HTCMagics(Magics):
     @line_magic
     def htc_pool(self, line: str) -> None:
         """The pool new maps use: slots, CPUs, memory and GPUs, free and total."""
-        from .pools import resolve_backend
-        from .resources import pool_resources
+        from ..backends.resources import pool_resources
 
         try:
-            backend = resolve_backend(self.pool or None)
+            print(pool_resources(self.pool or None))
         except HTCMLError as exc:
             raise UsageError(str(exc)) from None
-        if backend.kind == "local":
-            print(f"pool: {backend.description}")
-            return
-        try:
-            r = pool_resources(getattr(backend, "config", None))
-        except HTCMLError as exc:
-            raise UsageError(str(exc)) from None
-        print(f"pool: {backend.description}\n"
-              f"  {r.machines} machine(s), {r.slots} slot(s)\n"
-              f"  CPUs   {r.cpus_free} free of {r.cpus_total}\n"
-              f"  memory {r.memory_free_mb} MB free of {r.memory_total_mb} MB\n"
-              f"  GPUs   {r.gpus_free} free of {r.gpus_total}")
 
     @line_magic
     def htc_config(self, line: str) -> None:

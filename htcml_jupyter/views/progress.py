@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ItemHeld, RemoteError
-from .state import ItemState
+from ..engine.errors import ItemHeld, RemoteError
+from ..engine.state import ItemState
 
 if TYPE_CHECKING:
-    from .mapping import Map
+    from ..engine.mapping import Map
 
 #: Colours of the stacked bar, per state.
 COLOURS = {
@@ -76,9 +76,9 @@ class MapProgress:
 
 def _resources(m: Map) -> str:
     o = m.options
-    parts = [f"{o['request_cpus']} CPU", str(o["request_memory"])]
-    if o["request_gpus"]:
-        parts.append(f"{o['request_gpus']} GPU")
+    parts = [f"{o.request_cpus} CPU", o.request_memory]
+    if o.request_gpus:
+        parts.append(f"{o.request_gpus} GPU")
     return ", ".join(parts)
 
 

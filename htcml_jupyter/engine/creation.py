@@ -8,14 +8,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backend import Backend, give_to_job_user
-from .chunking import auto_chunksize, chunks
+from .chunking import auto_chunksize
 from .mapping import Chunksize, Map
 from .options import OptionError, SubmitOptions
-from .payload import code_locations, dump_function, dump_items
+from .payload import code_locations, dump_function
 from .store import MapStore, new_map_name
+from .submission import submit_tasks, write_tasks
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 
 def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
@@ -44,9 +47,7 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
         raise ValueError("the inputs are empty: there is nothing to map")
     fn_name = getattr(function, "__name__", "map")
     name = name or new_map_name(fn_name)
-    check = getattr(backend, "check_visible", None)
-    if check is not None:
-        check(root / name)
+    backend.check_visible(root / name)
     size = (auto_chunksize(len(arguments), backend.capacity(submit_options))
             if chunksize == "auto" else chunksize)
     meta = {
@@ -66,20 +67,10 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
         except OSError:
             dump_function(function, kwargs, store.function_file)
     try:
-        indexes = list(range(len(arguments)))
-        tasks = list(enumerate(chunks(indexes, size)))
-        for task, chunk in tasks:
-            dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
-        store.add_tasks(tasks)
-        give_to_job_user(store, backend)
-        handle = Map(store, backend)
+        tasks = write_tasks(store, dict(enumerate(arguments)), list(range(len(arguments))),
+                            size, first_task=0)
+        submit_tasks(store, backend, tasks, submit_options, name)
     except BaseException:
         shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
         raise
-    try:
-        backend.submit(store, [t for t, _ in tasks], submit_options, name)
-    except BaseException:
-        handle.close()
-        shutil.rmtree(store.path, ignore_errors=True)
-        raise
-    return handle
+    return Map(store, backend)

@@ -16,11 +16,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import devpool
-from .backend import Backend
+from .. import devpool
+from ..engine.errors import PoolUnavailable
 from .condor import CondorBackend
-from .errors import PoolUnavailable
 from .local import LocalBackend
+from .protocol import Backend
 
 SYSTEM_CONFIG = "/etc/condor/condor_config"
 _HOW_TO = ("start the project's pool with `htcml pool up`, point CONDOR_CONFIG at your "

@@ -17,6 +17,7 @@ import html
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..engine.state import ItemState
 from .progress import (
     MapProgress,
     header_html,
@@ -26,10 +27,9 @@ from .progress import (
     snapshot,
     stacked_bar_html,
 )
-from .state import ItemState
 
 if TYPE_CHECKING:
-    from .mapping import Map
+    from ..engine.mapping import Map
 
 #: Seconds between two updates of a live panel.
 UPDATE_INTERVAL = 0.5

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .devpool import (
+from ..devpool import (
     ROOTFS_EXTRA,
     TUNING,
     PoolError,

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .devpool import (
+from ..devpool import (
     POOL_UID,
     POOL_USER,
     ROOTFS_EXTRA,
@@ -30,7 +30,7 @@ from .devpool import (
     _write_client_config,
     chroot_env,
 )
-from .paths import htcml_home
+from ..paths import htcml_home
 
 
 def _ensure_rootfs(rootfs: Path) -> None:

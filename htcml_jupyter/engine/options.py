@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT])?\s*$", re.IGNORECASE)
@@ -57,6 +57,16 @@ def _capability(name: str, value: Any) -> float:
     return float(value)
 
 
+#: Submit commands the engine relies on (event log, what runs, which files come back and
+#: where); ``submit_extra`` may not set them.
+RESERVED_COMMANDS = frozenset({
+    "log", "log_xml", "executable", "arguments", "transfer_executable",
+    "transfer_input_files", "transfer_output_files", "transfer_output_remaps", "initialdir",
+    "output", "error", "submit_event_notes", "checkpoint_exit_code",
+    "transfer_checkpoint_files", "my.htcmlmap", "+htcmlmap", "my.htcmltask", "+htcmltask",
+})
+
+
 def _extra(name: str, value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise OptionError(f"{name} must be a dict of submit commands, not {value!r}")
@@ -64,6 +74,9 @@ def _extra(name: str, value: Any) -> dict[str, str]:
     for key, val in value.items():
         if not isinstance(key, str) or not re.match(r"^[+A-Za-z_][\w.+]*$", key):
             raise OptionError(f"{name}: {key!r} is not a submit command name")
+        if key.lower() in RESERVED_COMMANDS:
+            raise OptionError(f"{name} cannot set {key!r}: the map needs that command to "
+                              f"track its jobs and collect their results")
         text = str(val)
         if "\n" in text:
             raise OptionError(f"{name}: the value of {key!r} must be one line")
@@ -108,27 +121,47 @@ def size_in_mb(size: str) -> int:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option: how it is checked, its default, and what it means."""
+    """One option: how it is checked, its default, what it means, and the submit
+    command it becomes (``None`` when the engine uses it itself)."""
 
     check: Callable[[str, Any], Any]
     default: Any
     help: str
+    command: str | None = None
+    #: Only written when this other option is set (GPU minimums need ``request_gpus``).
+    needs: str | None = None
+    #: Written even when it has its default value.
+    always: bool = False
 
 
-#: The one source of truth for map options.
+def _str(value: Any) -> str:
+    return str(value)
+
+
+#: The one source of truth for map options: check, default, help, submit command.
 OPTIONS: dict[str, OptionSpec] = {
-    "request_cpus": OptionSpec(_positive, 1, "CPU cores per job"),
-    "request_memory": OptionSpec(_size, "1GB", "memory per job, e.g. 512MB, 4GB"),
-    "request_disk": OptionSpec(_size, "1GB", "scratch disk per job"),
-    "request_gpus": OptionSpec(_count, 0, "GPUs per job"),
-    "gpus_minimum_memory": OptionSpec(_size, None, "least GPU memory, e.g. 16GB"),
-    "gpus_minimum_capability": OptionSpec(_capability, None, "least CUDA capability, e.g. 7.5"),
-    "requirements": OptionSpec(_text, None, "a ClassAd expression the machine must satisfy"),
-    "container_image": OptionSpec(_text, None, "container image the job runs in"),
-    "max_retries": OptionSpec(_count, 0, "reruns of a job that crashes (not Python errors)"),
-    "max_idle": OptionSpec(_positive, None, "how many jobs of the map may wait in the queue"),
-    "priority": OptionSpec(_integer, 0, "job priority within your own jobs"),
-    "accounting_group": OptionSpec(_text, None, "accounting group to charge"),
+    "request_cpus": OptionSpec(_positive, 1, "CPU cores per job", "request_cpus", always=True),
+    "request_memory": OptionSpec(_size, "1GB", "memory per job, e.g. 512MB, 4GB",
+                                 "request_memory", always=True),
+    "request_disk": OptionSpec(_size, "1GB", "scratch disk per job", "request_disk",
+                               always=True),
+    "request_gpus": OptionSpec(_count, 0, "GPUs per job", "request_gpus"),
+    "gpus_minimum_memory": OptionSpec(_size, None, "least GPU memory, e.g. 16GB",
+                                      "gpus_minimum_memory", needs="request_gpus"),
+    "gpus_minimum_capability": OptionSpec(_capability, None,
+                                          "least CUDA capability, e.g. 7.5",
+                                          "gpus_minimum_capability", needs="request_gpus"),
+    "requirements": OptionSpec(_text, None, "a ClassAd expression the machine must satisfy",
+                               "requirements"),
+    "container_image": OptionSpec(_text, None, "container image the job runs in",
+                                  "container_image"),
+    "max_retries": OptionSpec(_count, 0, "reruns of a job that crashes (not Python errors)",
+                              "max_retries"),
+    "max_idle": OptionSpec(_positive, None, "how many jobs of the map may wait in the queue",
+                           "max_idle"),
+    "priority": OptionSpec(_integer, 0, "job priority within your own jobs", "priority"),
+    "accounting_group": OptionSpec(_text, None, "accounting group to charge",
+                                   "accounting_group"),
     "input_files": OptionSpec(_files, [], "files or URLs sent to every job's folder"),
     "python": OptionSpec(_text, None,
                          "interpreter on the execute node (default: this one's path, or "
@@ -144,11 +177,34 @@ def describe_options() -> str:
                      for name, spec in OPTIONS.items())
 
 
+def default_of(name: str) -> Any:
+    """The default of option ``name`` (what the magics show and fall back to)."""
+    return OPTIONS[name].default
+
+
 @dataclass(frozen=True)
 class SubmitOptions:
-    """The validated options of one map (resources, policy and pass-through commands)."""
+    """The validated options of one map (resources, policy and pass-through commands).
 
-    values: Mapping[str, Any]
+    Build it with :meth:`from_kwargs`, which checks every value against :data:`OPTIONS`
+    (the field defaults below come from that table too).
+    """
+
+    request_cpus: int = OPTIONS["request_cpus"].default
+    request_memory: str = OPTIONS["request_memory"].default
+    request_disk: str = OPTIONS["request_disk"].default
+    request_gpus: int = OPTIONS["request_gpus"].default
+    gpus_minimum_memory: str | None = None
+    gpus_minimum_capability: float | None = None
+    requirements: str | None = None
+    container_image: str | None = None
+    max_retries: int = OPTIONS["max_retries"].default
+    max_idle: int | None = None
+    priority: int = OPTIONS["priority"].default
+    accounting_group: str | None = None
+    input_files: tuple[str, ...] = ()
+    python: str | None = None
+    submit_extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> SubmitOptions:
@@ -164,39 +220,37 @@ class SubmitOptions:
                 values[name] = spec.check(name, options[name])
             else:
                 values[name] = spec.default
-        return cls(values)
+        values["input_files"] = tuple(values["input_files"])
+        return cls(**values)
 
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SubmitOptions:
+        """Options as a map recorded them (``asdict()``), without checking them again:
+        a map stays readable after, say, one of its input files was deleted."""
+        known = {k: v for k, v in record.items() if k in OPTIONS}
+        if "input_files" in known:
+            known["input_files"] = tuple(known["input_files"])
+        return cls(**known)
 
     def asdict(self) -> dict[str, Any]:
-        return dict(self.values)
+        """The options as plain JSON-able values (stored in the map's ``map.json``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["input_files"] = list(self.input_files)
+        out["submit_extra"] = dict(self.submit_extra)
+        return out
 
     def submit_commands(self) -> dict[str, str]:
-        """The submit-description commands these options stand for."""
-        v = self.values
-        cmds: dict[str, str] = {
-            "request_cpus": str(v["request_cpus"]),
-            "request_memory": v["request_memory"],
-            "request_disk": v["request_disk"],
-        }
-        if v["request_gpus"]:
-            cmds["request_gpus"] = str(v["request_gpus"])
-            if v["gpus_minimum_memory"]:
-                cmds["gpus_minimum_memory"] = v["gpus_minimum_memory"]
-            if v["gpus_minimum_capability"]:
-                cmds["gpus_minimum_capability"] = str(v["gpus_minimum_capability"])
-        if v["requirements"]:
-            cmds["requirements"] = v["requirements"]
-        if v["container_image"]:
-            cmds["container_image"] = v["container_image"]
-        if v["max_retries"]:
-            cmds["max_retries"] = str(v["max_retries"])
-        if v["max_idle"]:
-            cmds["max_idle"] = str(v["max_idle"])
-        if v["priority"]:
-            cmds["priority"] = str(v["priority"])
-        if v["accounting_group"]:
-            cmds["accounting_group"] = v["accounting_group"]
-        cmds.update(v["submit_extra"])
+        """The submit-description commands these options stand for, from the ``command``
+        column of :data:`OPTIONS`, then ``submit_extra`` as given."""
+        cmds: dict[str, str] = {}
+        for name, spec in OPTIONS.items():
+            if spec.command is None:
+                continue
+            value = getattr(self, name)
+            if not spec.always and (value is None or value == 0 or value == ""):
+                continue
+            if spec.needs and not getattr(self, spec.needs):
+                continue
+            cmds[spec.command] = _str(value)
+        cmds.update(self.submit_extra)
         return cmds

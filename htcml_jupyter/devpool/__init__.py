@@ -27,7 +27,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .paths import htcml_home
+from ..paths import htcml_home
 
 POOL_USER = "htcml"
 POOL_UID = 1777
@@ -169,11 +169,11 @@ def up(state_dir: Path | None = None, *, num_cpus: int = 8) -> PoolState:
     state_dir.mkdir(parents=True, exist_ok=True)
     sbin_path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     if shutil.which("condor_master", path=sbin_path) and os.geteuid() != 0:
-        from .pool_native import up_native
+        from .native import up_native
 
         state = up_native(state_dir, num_cpus)
     else:
-        from .pool_rootfs import up_rootfs
+        from .rootfs import up_rootfs
 
         state = up_rootfs(state_dir, num_cpus)
     state.save()
@@ -187,11 +187,11 @@ def down(state_dir: Path | None = None) -> bool:
     if state is None:
         return False
     if state.mode == "rootfs":
-        from .pool_rootfs import down_rootfs
+        from .rootfs import down_rootfs
 
         down_rootfs(state)
     else:
-        from .pool_native import down_native
+        from .native import down_native
 
         down_native(state)
     (state_dir / "state.json").unlink(missing_ok=True)

@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from .backend import Backend
-from .creation import create_map
-from .grid import grid_points, unpack
-from .mapping import Map
+from ..backends.protocol import Backend
+from ..engine.creation import create_map
+from ..engine.grid import grid_points, unpack
+from ..engine.mapping import Map
+from ..engine.state import ItemState
+from ..engine.store import MapStore
 from .policies import Policy
-from .state import ItemState
-from .store import MapStore
 
 Mode = Literal["min", "max"]
 
@@ -262,7 +262,7 @@ class Sweep(Map):
 
     def panel(self) -> Any:
         """Show the live sweep panel: trials table and metric curves; returns it."""
-        from .sweep_panel import SweepPanel
+        from ..views.sweep_panel import SweepPanel
 
         return SweepPanel(self).show()
 

@@ -11,37 +11,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import job, runner
-from .errors import PoolUnavailable
-from .options import SubmitOptions, size_in_mb
-from .state import EventKind, TaskEvent, TaskTable
-from .store import MapStore
+from ..engine.errors import PoolUnavailable
+from ..engine.options import SubmitOptions, size_in_mb
+from ..engine.state import EventKind, TaskEvent, TaskTable
+from ..engine.store import MapStore
+from ..jobside import wire
+from .bindings import pool_config
+from .resources import PoolResources, collector_resources
+from .submit_description import submit_description
 
-_config_lock = threading.Lock()
-_active_config: str | None = None
-
-
-def activate_config(config: str | None) -> None:
-    """Point the htcondor2 bindings at a pool's client configuration file.
-
-    The bindings read one configuration per process, so this is process-wide.
-    """
-    global _active_config
-    import htcondor2
-
-    with _config_lock:
-        if config == _active_config:
-            return
-        if config:
-            os.environ["CONDOR_CONFIG"] = config
-        htcondor2.reload_config()
-        _active_config = config
-
+T = TypeVar("T")
 
 _EVENT_KINDS = {
     "SUBMIT": EventKind.SUBMITTED,
@@ -139,7 +123,7 @@ class CondorEventReader:
         return out
 
     def _report(self, event: Any) -> TaskEvent | None:
-        if event.get("Attribute") != job.REPORT_ATTRIBUTE:
+        if event.get("Attribute") != wire.REPORT_ATTRIBUTE:
             return None
         key = (event.cluster, event.proc)
         if key not in self._job_task:
@@ -163,7 +147,11 @@ class CondorEventReader:
 
 
 class CondorBackend:
-    """Submits to and acts on one HTCondor pool, named by its client configuration."""
+    """Submits to and acts on one HTCondor pool, named by its client configuration.
+
+    Every binding call runs under this pool's configuration (:func:`.bindings.pool_config`),
+    so backends of different pools live side by side in one process.
+    """
 
     kind = "condor"
 
@@ -171,36 +159,42 @@ class CondorBackend:
                  job_uid: int | None = None, shared_paths: list[str] | None = None):
         self.config = config
         self.description = description or (config or "the local HTCondor configuration")
-        self.job_uid = job_uid
+        self._job_uid = job_uid
         self.shared_paths = shared_paths
+
+    @property
+    def job_uid(self) -> int | None:
+        return self._job_uid
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "condor", "config": self.config, "description": self.description,
-                "job_uid": self.job_uid, "shared_paths": self.shared_paths}
+                "job_uid": self._job_uid, "shared_paths": self.shared_paths}
 
-    def _schedd(self) -> Any:
-        import htcondor2
-
-        activate_config(self.config)
-        try:
-            return htcondor2.Schedd()
-        except Exception as exc:
-            raise PoolUnavailable(
-                f"cannot reach the schedd of {self.description}: {exc}. Start the "
-                f"project's pool with `htcml pool up`, or check CONDOR_CONFIG") from exc
+    def _with_schedd(self, action: Callable[[Any, Any], T], what: str) -> T:
+        """Run ``action(htcondor2, schedd)`` under this pool's configuration; a failure
+        becomes :class:`PoolUnavailable` naming ``what`` was being done."""
+        with pool_config(self.config) as htcondor2:
+            try:
+                schedd = htcondor2.Schedd()
+            except Exception as exc:
+                raise PoolUnavailable(
+                    f"cannot reach the schedd of {self.description}: {exc}. Start the "
+                    f"project's pool with `htcml pool up`, or check CONDOR_CONFIG") from exc
+            try:
+                return action(htcondor2, schedd)
+            except PoolUnavailable:
+                raise
+            except Exception as exc:
+                raise PoolUnavailable(f"{what} on {self.description} failed: {exc}") from exc
 
     def check_reachable(self) -> str:
         """Return the schedd's name, or raise :class:`PoolUnavailable`."""
-        schedd = self._schedd()
-        try:
+        def ask(htcondor2: Any, schedd: Any) -> str:
             schedd.query(constraint="false", projection=["ClusterId"])
-        except Exception as exc:
-            raise PoolUnavailable(f"the schedd of {self.description} does not answer: {exc}. "
-                                  f"Start the project's pool with `htcml pool up`") from exc
-        import htcondor2
+            return str(htcondor2.param.get("SCHEDD_NAME", "") or htcondor2.param.get(
+                "FULL_HOSTNAME", "schedd"))
 
-        return str(htcondor2.param.get("SCHEDD_NAME", "") or htcondor2.param.get(
-            "FULL_HOSTNAME", "schedd"))
+        return self._with_schedd(ask, "asking the schedd")
 
     def check_visible(self, path: Path) -> None:
         """Refuse a map folder that jobs of this pool cannot see (rootfs pools)."""
@@ -213,25 +207,26 @@ class CondorBackend:
                 f"{', '.join(self.shared_paths)}). Set HTCML_HOME to a folder under one of "
                 f"those, or run `htcml pool up` again with this HTCML_HOME")
 
+    def resources(self) -> PoolResources:
+        return collector_resources(self.config, self.description)
+
     def capacity(self, options: SubmitOptions) -> int:
         """How many jobs with these resources the pool's machines can run at once.
 
         Counted from each machine's full size (a partitionable slot's totals, static
         slots one each), not from what is free now: busy dynamic slots come and go.
         """
-        import htcondor2
-
-        activate_config(self.config)
-        cpus = int(options["request_cpus"])
-        mem = max(size_in_mb(options["request_memory"]), 1)
-        gpus = int(options["request_gpus"])
-        try:
-            ads = htcondor2.Collector().query(
-                htcondor2.AdType.Startd,
-                projection=["SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
-                            "TotalSlotMemory", "TotalSlotGPUs"])
-        except Exception:
-            return 0
+        cpus = options.request_cpus
+        mem = max(size_in_mb(options.request_memory), 1)
+        gpus = options.request_gpus
+        with pool_config(self.config) as htcondor2:
+            try:
+                ads = htcondor2.Collector().query(
+                    htcondor2.AdType.Startd,
+                    projection=["SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
+                                "TotalSlotMemory", "TotalSlotGPUs"])
+            except Exception:
+                return 0
         total = 0
         for ad in ads:
             kind = ad.get("SlotType", "Static")
@@ -250,97 +245,69 @@ class CondorBackend:
 
     def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
                batch_name: str) -> int:
-        import htcondor2
+        commands = submit_description(store, options, batch_name=batch_name)
+        itemdata = [{"task": str(t)} for t in tasks]
 
-        python = options["python"] or ("python3" if options["container_image"] else
-                                       _default_python())
-        inputs = [str(Path(runner.__file__)), str(Path(job.__file__)), _htchirp_file(),
-                  str(store.function_file), *[str(p) for p in options["input_files"]]]
-        commands: dict[str, str] = {
-            "universe": "vanilla",
-            "executable": python,
-            "transfer_executable": "false",
-            "arguments": "runner.py function.pkl task-$(task).pkl outcome.pkl",
-            "initialdir": str(store.path),
-            "transfer_input_files": ", ".join([*inputs, "inputs/task-$(task).pkl"]),
-            "should_transfer_files": "YES",
-            "when_to_transfer_output": "ON_EXIT",
-            "transfer_output_files": "outcome.pkl",
-            "transfer_output_remaps": '"outcome.pkl = outputs/task-$(task).pkl"',
-            "output": "logs/task-$(task).out",
-            "error": "logs/task-$(task).err",
-            "log": str(store.event_log),
-            "log_xml": "true",
-            "submit_event_notes": "task $(task)",
-            "job_max_vacate_time": "5",
-            "environment": '"PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1"',
-            "batch_name": batch_name,
-            "My.HtcmlMap": f'"{store.name}"',
-            "My.HtcmlTask": "$(task)",
-            # live reports (htcml_jupyter.report) go through chirp to the event log
-            "My.WantIOProxy": "true",
-            # self-checkpointing (htcml_jupyter.checkpoint): exit 85 spools the folder
-            "checkpoint_exit_code": str(job.CHECKPOINT_EXIT_CODE),
-            "transfer_checkpoint_files": job.CHECKPOINT_DIR,
-        }
-        commands.update(options.submit_commands())
-        if options["max_retries"]:
-            commands["retry_until"] = str(runner.EXIT_ITEM_FAILED)
-        schedd = self._schedd()
-        description = htcondor2.Submit(commands)
-        try:
-            result = schedd.submit(description, itemdata=iter([{"task": str(t)} for t in tasks]))
-        except Exception as exc:
-            raise PoolUnavailable(f"submitting to {self.description} failed: {exc}") from exc
-        cluster = int(result.cluster())
+        def send(htcondor2: Any, schedd: Any) -> int:
+            result = schedd.submit(htcondor2.Submit(commands), itemdata=iter(itemdata))
+            return int(result.cluster())
+
+        cluster = self._with_schedd(send, "submitting")
         store.add_submission(cluster, tasks)
         return cluster
 
     def event_reader(self, store: MapStore) -> CondorEventReader:
         return CondorEventReader(store)
 
-    def _act(self, action_name: str, job_ids: list[str], reason: str) -> None:
-        import htcondor2
+    def job_id(self, cluster: int, position: int, task: int) -> str:
+        return f"{cluster}.{position}"
 
-        if not job_ids:
-            return
-        schedd = self._schedd()
-        action = getattr(htcondor2.JobAction, action_name)
+    def _act(self, action_name: str, what: str | list[str], reason: str) -> None:
+        def act(htcondor2: Any, schedd: Any) -> None:
+            schedd.act(getattr(htcondor2.JobAction, action_name), what, reason=reason)
+
+        self._with_schedd(act, f"{action_name.lower()} of jobs")
+
+    def _act_on_jobs(self, action_name: str, job_ids: list[str], reason: str) -> None:
         for start in range(0, len(job_ids), 1000):
-            schedd.act(action, job_ids[start:start + 1000], reason=reason)
+            self._act(action_name, job_ids[start:start + 1000], reason)
 
-    def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None:
-        """Remove the given jobs, or whole clusters when ``job_ids`` is empty."""
-        import htcondor2
+    def remove_jobs(self, store: MapStore, job_ids: list[str], reason: str) -> None:
+        self._act_on_jobs("Remove", job_ids, reason)
 
-        if job_ids:
-            self._act("Remove", job_ids, "removed by htcml_jupyter")
-            return
-        schedd = self._schedd()
+    def remove_clusters(self, store: MapStore, clusters: set[int], reason: str) -> None:
         for cluster in sorted(clusters):
-            schedd.act(htcondor2.JobAction.Remove, f"ClusterId == {cluster}",
-                       reason="cancelled by htcml_jupyter")
-
-    def vacate(self, job_ids: list[str]) -> None:
-        """Evict running jobs; they return to the queue (and resume from a checkpoint)."""
-        self._act("Vacate", job_ids, "evicted by htcml_jupyter")
+            self._act("Remove", f'ClusterId == {cluster} && HtcmlMap == "{store.name}"',
+                      reason)
 
     def release(self, store: MapStore, job_ids: list[str]) -> None:
-        self._act("Release", job_ids, "released by htcml_jupyter")
+        self._act_on_jobs("Release", job_ids, "released by htcml_jupyter")
 
-    def vanished(self, reader: CondorEventReader, table: TaskTable) -> list[TaskEvent]:
+    def vacate(self, store: MapStore, job_ids: list[str]) -> None:
+        """Evict running jobs; they return to the queue (and resume from a checkpoint)."""
+        self._act_on_jobs("Vacate", job_ids, "evicted by htcml_jupyter")
+
+    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
         """Events for unsettled jobs that are no longer in the queue at all."""
-        clusters = reader.clusters
+        job_of: dict[int, str] = {}
+        clusters: set[int] = set()
+        for sub in store.submissions():
+            cluster = int(sub["cluster"])
+            clusters.add(cluster)
+            for proc, task in enumerate(sub["tasks"]):
+                job_of[int(task)] = f"{cluster}.{proc}"
         if not clusters:
             return []
-        schedd = self._schedd()
-        constraint = " || ".join(f"ClusterId == {c}" for c in sorted(clusters))
+        constraint = (f'HtcmlMap == "{store.name}" && ('
+                      + " || ".join(f"ClusterId == {c}" for c in sorted(clusters)) + ")")
         try:
-            ads = schedd.query(constraint=constraint, projection=["ClusterId", "ProcId"])
-        except Exception:
+            ads = self._with_schedd(
+                lambda _h, schedd: schedd.query(constraint=constraint,
+                                                projection=["ClusterId", "ProcId"]),
+                "asking the queue")
+        except PoolUnavailable:
             return []  # cannot tell; try again later
         present = {f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads}
-        job_of = {task: f"{c}.{p}" for (c, p), task in reader.job_tasks().items()}
         out = []
         for status in table.tasks.values():
             if status.phase.value in ("finished", "removed"):
@@ -349,16 +316,3 @@ class CondorBackend:
                 out.append(TaskEvent(status.task, EventKind.REMOVED, time.time(), {
                     "reason": "the job left the queue without a terminal event in the log"}))
         return out
-
-
-def _htchirp_file() -> str:
-    """HTCondor's pure-Python chirp client, shipped so reports work on any execute node."""
-    from htcondor2.htchirp import htchirp
-
-    return str(Path(htchirp.__file__))
-
-
-def _default_python() -> str:
-    import sys
-
-    return sys.executable

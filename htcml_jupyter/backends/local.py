@@ -2,7 +2,7 @@
 
 Used when no HTCondor pool is reachable (with a visible notice) or on request
 (``backend="local"``).  Each submission starts a detached executor process
-(``python -m htcml_jupyter.local``), so results keep arriving in the map's folder
+(``python -m htcml_jupyter.backends.local``), so results keep arriving in the map's folder
 after the notebook kernel dies.  The executor writes job events as JSON lines to
 ``logs/local-events.jsonl``; they go through the same transition table as
 HTCondor's events.
@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import job, runner
-from .options import SubmitOptions
-from .state import EventKind, TaskEvent, TaskTable
-from .store import MapStore
+from ..engine.errors import HTCMLError
+from ..engine.options import SubmitOptions
+from ..engine.state import EventKind, TaskEvent, TaskTable
+from ..engine.store import MapStore
+from ..jobside import job, runner, wire
+from .resources import PoolResources, local_resources
 
 EVENTS = "local-events.jsonl"
 
@@ -85,8 +87,21 @@ class LocalBackend:
         self.workers = workers or os.cpu_count() or 1
         self.description = f"local processes ({self.workers} at a time)"
 
+    @property
+    def job_uid(self) -> int | None:
+        return None  # jobs run as we do
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "local", "workers": self.workers, "description": self.description}
+
+    def check_visible(self, path: Path) -> None:
+        """Local jobs see every folder this process sees."""
+
+    def job_id(self, cluster: int, position: int, task: int) -> str:
+        return f"local.{task}"
+
+    def resources(self) -> PoolResources:
+        return local_resources(self.workers, self.description)
 
     def capacity(self, options: SubmitOptions) -> int:
         return self.workers
@@ -96,12 +111,12 @@ class LocalBackend:
         submission = len(store.submissions()) + 1
         for task in tasks:
             _append_event(store, task, EventKind.SUBMITTED)
-        python = options["python"] or sys.executable
+        python = options.python or sys.executable
         log = (store.path / "logs" / f"executor-{submission}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "htcml_jupyter.local", str(store.path),
+            [sys.executable, "-m", "htcml_jupyter.backends.local", str(store.path),
              "--tasks", ",".join(map(str, tasks)), "--workers", str(self.workers),
-             "--python", python, *[a for f in options["input_files"] for a in ("--input", f)]],
+             "--python", python, *[a for f in options.input_files for a in ("--input", f)]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
         (store.path / "logs" / f"executor-{submission}.pid").write_text(str(proc.pid))
@@ -122,12 +137,15 @@ class LocalBackend:
                 continue
         return pids
 
-    def remove(self, store: MapStore, job_ids: list[str], clusters: set[int]) -> None:
-        """Remove jobs (``local.TASK``) or whole submissions (negative cluster ids)."""
-        tasks = {int(job.rsplit(".", 1)[-1]) for job in job_ids}
-        for sub in store.submissions():
-            if int(sub["cluster"]) in clusters:
-                tasks.update(int(t) for t in sub["tasks"])
+    def remove_jobs(self, store: MapStore, job_ids: list[str], reason: str) -> None:
+        """Remove jobs (``local.TASK``): the executor kills them or never starts them."""
+        for job_id in job_ids:
+            (store.path / "logs" / f"remove-{int(job_id.rsplit('.', 1)[-1])}").touch()
+
+    def remove_clusters(self, store: MapStore, clusters: set[int], reason: str) -> None:
+        """Remove whole submissions (negative cluster ids) and stop their executors."""
+        tasks = {int(t) for sub in store.submissions() if int(sub["cluster"]) in clusters
+                 for t in sub["tasks"]}
         for task in tasks:
             (store.path / "logs" / f"remove-{task}").touch()
         for cluster in clusters:
@@ -140,9 +158,12 @@ class LocalBackend:
     def release(self, store: MapStore, job_ids: list[str]) -> None:
         """Local jobs are never held."""
 
-    def vanished(self, reader: Any, table: TaskTable) -> list[TaskEvent]:
-        path = Path(reader.path).parent.parent
-        alive = any(_alive(pid) for pid in self._pids(MapStore(path)))
+    def vacate(self, store: MapStore, job_ids: list[str]) -> None:
+        raise HTCMLError(f"jobs on {self.description} cannot be evicted; vacate needs an "
+                         f"HTCondor pool")
+
+    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+        alive = any(_alive(pid) for pid in self._pids(store))
         if alive:
             return []
         return [TaskEvent(t.task, EventKind.REMOVED, time.time(),
@@ -185,6 +206,7 @@ class _Executor:
         sandbox.mkdir(parents=True)
         shutil.copy(runner.__file__, sandbox / "runner.py")
         shutil.copy(job.__file__, sandbox / "job.py")
+        shutil.copy(wire.__file__, sandbox / "wire.py")
         os.symlink(self.store.function_file, sandbox / "function.pkl")
         os.symlink(self.store.input_file(task), sandbox / f"task-{task}.pkl")
         for item in self.inputs:
@@ -193,8 +215,8 @@ class _Executor:
         _append_event(self.store, task, EventKind.STARTED, host=self.host)
         with self.store.stdout_file(task).open("wb") as out, \
                 self.store.stderr_file(task).open("wb") as err:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "_HTCML_LOCAL": "1",
-                   "_HTCML_METRICS_FILE": str(self.store.path / "logs" /
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", wire.LOCAL_ENV: "1",
+                   wire.METRICS_FILE_ENV: str(self.store.path / "logs" /
                                               f"metrics-task-{task}.jsonl")}
             while True:  # a checkpoint exit restarts the job in place, as HTCondor does
                 proc = subprocess.Popen([self.python, "runner.py", "function.pkl",
@@ -209,7 +231,7 @@ class _Executor:
                     time.sleep(0.05)
                 with self.lock:
                     self.children.pop(task, None)
-                if proc.returncode != job.CHECKPOINT_EXIT_CODE or self.removed(task):
+                if proc.returncode != wire.EXIT_CHECKPOINT or self.removed(task):
                     break
         if self.removed(task) and proc.returncode < 0:
             _append_event(self.store, task, EventKind.REMOVED, reason="removed while running")

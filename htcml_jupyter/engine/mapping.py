@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import pickle
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
-from .backend import Backend, give_to_job_user
-from .chunking import auto_chunksize, chunks
-from .errors import HTCMLError, ItemHeld, ItemRemoved, MapError, RemoteError
+from .chunking import auto_chunksize
+from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
 from .options import SubmitOptions
-from .payload import dump_items, restore_source_lines
-from .runner import ITEM_MARKER, read_header
+from .outcomes import OutcomeReader, item_output
+from .reports import ReportBook
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
+from .submission import read_arguments, submit_tasks, write_tasks
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 ErrorMode = Literal["raise", "return"]
 Chunksize = int | Literal["auto"]
@@ -39,13 +40,11 @@ class Map:
         meta = store.read_meta()
         self.meta = meta
         self.n_items: int = int(meta["n_items"])
-        self.options = SubmitOptions.from_kwargs(meta["options"])
+        self.options = SubmitOptions.from_record(meta["options"])
         self._lock = threading.RLock()
         self._table = TaskTable()
-        self._outcomes: dict[int, dict[int, dict[str, Any]]] = {}
-        self._reports: dict[int, list[dict[str, Any]]] = {}
-        self._checkpoints: dict[int, dict[str, Any]] = {}
-        self.reports_seen = 0
+        self._outcomes = OutcomeReader(store, meta.get("code_locations", {}))
+        self._reports = ReportBook()
         self._reader = backend.event_reader(store)
         self._last_change = time.time()
         self._load_tasks()
@@ -70,12 +69,12 @@ class Map:
 
     def panel(self) -> Any:
         """Show a live progress panel (ipywidgets) for this map; returns it."""
-        from .panel import MapPanel
+        from ..views.panel import MapPanel
 
         return MapPanel(self).show()
 
     def _repr_html_(self) -> str:
-        from .progress import render_html, snapshot
+        from ..views.progress import render_html, snapshot
 
         return render_html(snapshot(self))
 
@@ -100,26 +99,14 @@ class Map:
     def _add_reports(self, event: TaskEvent) -> bool:
         status = self._table.tasks.get(event.task)
         default_item = status.items[0] if status and status.items else None
-        for record in event.detail.get("records", []):
-            item = record.get("i", default_item)
-            if item is None:
-                continue
-            item = int(item)
-            if "m" in record:
-                row = {"step": record.get("s"), "time": record.get("t"), **record["m"]}
-                self._reports.setdefault(item, []).append(row)
-                self.reports_seen += 1
-            elif "saved" in record:
-                info = self._checkpoints.setdefault(item, {"saved": None, "restored": []})
-                info["saved"] = record["saved"]
-            elif "restored" in record:
-                info = self._checkpoints.setdefault(item, {"saved": None, "restored": []})
-                info["restored"].append(record["restored"])
-                evictions = status.evictions if status else 0
-                if evictions > info.get("evictions_seen", 0):  # a restart after an eviction
-                    info["evictions_seen"] = evictions
-                    info.setdefault("resumed", []).append(record["restored"])
+        self._reports.add(event.detail.get("records", []), default_item,
+                          status.evictions if status else 0)
         return True
+
+    @property
+    def reports_seen(self) -> int:
+        """How many metric reports have arrived so far (all items)."""
+        return self._reports.seen
 
     def reports(self, item: int) -> list[dict[str, Any]]:
         """What ``item`` reported with ``htcml_jupyter.report()``, oldest first: dicts of
@@ -127,13 +114,13 @@ class Map:
         self._check_index(item)
         self.refresh()
         with self._lock:
-            return list(self._reports.get(item, []))
+            return list(self._reports.metrics.get(item, []))
 
     def all_reports(self) -> dict[int, list[dict[str, Any]]]:
         """``{item: reports}`` for every item that reported anything."""
         self.refresh()
         with self._lock:
-            return {i: list(r) for i, r in self._reports.items()}
+            return {i: list(r) for i, r in self._reports.metrics.items()}
 
     def checkpoints(self) -> dict[int, dict[str, Any]]:
         """Per item: ``saved``, the step of the last saved checkpoint; ``restored``, the
@@ -143,14 +130,10 @@ class Map:
         with self._lock:
             out = {}
             for item, task in self._table.item_task.items():
-                info = self._checkpoints.get(item)
-                status = self._table.tasks[task]
-                if info is None and not status.evictions:
-                    continue
-                info = info or {"saved": None, "restored": []}
-                out[item] = {"saved": info["saved"], "restored": list(info["restored"]),
-                             "resumed": list(info.get("resumed", [])),
-                             "evictions": status.evictions}
+                summary = self._reports.checkpoint_summary(
+                    item, self._table.tasks[task].evictions)
+                if summary is not None:
+                    out[item] = summary
             return out
 
     def _check_vanished(self) -> None:
@@ -159,32 +142,14 @@ class Map:
         with self._lock:
             self._last_change = time.time()
             self.refresh()
-            for event in self.backend.vanished(self._reader, self._table):
+            for event in self.backend.vanished(self.store, self._table):
                 self._table.apply(event)
 
-    def _outcome(self, task: int) -> dict[int, dict[str, Any]]:
-        cached = self._outcomes.get(task)
-        if cached is not None:
-            return cached
-        path = self.store.output_file(task)
-        try:
-            with path.open("rb") as f:
-                read_header(f)
-                records = pickle.loads(f.read())
-        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
-            return {}
-        outcome = {int(r["index"]): r for r in records}
-        self._outcomes[task] = outcome
-        return outcome
-
     def _item_state(self, item: int, status: TaskStatus) -> ItemState:
-        phase = status.phase
-        if phase is TaskPhase.FINISHED:
-            if status.exit_code == 0:
-                return ItemState.DONE
-            record = self._outcome(status.task).get(item)
-            return ItemState.DONE if record is not None and record.get("ok") else ItemState.FAILED
-        return ItemState(phase.value)
+        if status.phase is TaskPhase.FINISHED:
+            return (ItemState.DONE if self._outcomes.succeeded(status, item)
+                    else ItemState.FAILED)
+        return ItemState(status.phase.value)
 
     def item_states(self) -> list[ItemState]:
         """The state of every item, in item order."""
@@ -199,8 +164,7 @@ class Map:
 
     def status(self) -> dict[str, int]:
         """Counts of items per state: idle, running, done, failed, held, removed."""
-        counts = Counter(s.value for s in self.item_states())
-        return {state.value: counts.get(state.value, 0) for state in ItemState}
+        return _count(self.item_states())
 
     def tasks(self) -> list[TaskStatus]:
         """What is known of each job of the map (one job may hold several items)."""
@@ -220,14 +184,24 @@ class Map:
         """True when every item is settled: done, failed, held or removed."""
         return all(s.settled for s in self.item_states())
 
-    def wait(self, timeout: float | None = None, poll: float = 0.2) -> bool:
+    def wait(self, timeout: float | None = None, poll: float = 0.2,
+             progress: Callable[[dict[str, int]], None] | None = None) -> bool:
         """Block until every item is done, failed, held or removed.
 
-        Returns True when all items settled, False when ``timeout`` seconds ran out.
+        ``progress``, when given, is called with :meth:`status` whenever the counts
+        change (and once at the start).  Returns True when all items settled, False
+        when ``timeout`` seconds ran out.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        last: dict[str, int] | None = None
         while True:
-            if self.done:
+            states = self.item_states()
+            if progress is not None:
+                counts = _count(states)
+                if counts != last:
+                    progress(counts)
+                    last = counts
+            if all(s.settled for s in states):
                 return True
             self._check_vanished()
             if deadline is not None and time.monotonic() >= deadline:
@@ -240,29 +214,14 @@ class Map:
         if not isinstance(item, int) or not 0 <= item < self.n_items:
             raise IndexError(f"item {item!r} is not in this map (0..{self.n_items - 1})")
 
+    def _status_of(self, item: int) -> TaskStatus:
+        return self._table.tasks[self._table.item_task[item]]
+
     def _error_of(self, item: int, state: ItemState) -> HTCMLError:
-        status = self._table.tasks[self._table.item_task[item]]
-        if state is ItemState.HELD:
-            return ItemHeld(item, status.hold_reason or "held", status.hold_code, status.job_id)
-        if state is ItemState.REMOVED:
-            return ItemRemoved(item, status.removed_reason or "removed")
-        record = self._outcome(status.task).get(item)
-        if record is None:
-            record = {"type": "htcml_jupyter.JobLost",
-                      "message": f"the job exited with code {status.exit_code} without "
-                                 f"writing an outcome; see stderr({item})",
-                      "traceback": self._tail(self.store.stderr_file(status.task)),
-                      "host": status.host}
-            return RemoteError(item, record, status.job_id)
-        error = dict(record["error"])
-        error["traceback"] = restore_source_lines(str(error.get("traceback", "")),
-                                                  self.meta.get("code_locations", {}))
-        return RemoteError(item, error, status.job_id)
+        return self._outcomes.error(self._status_of(item), item, state)
 
     def _value_of(self, item: int) -> Any:
-        status = self._table.tasks[self._table.item_task[item]]
-        record = self._outcome(status.task)[item]
-        return pickle.loads(record["value"])
+        return self._outcomes.value(self._status_of(item), item)
 
     @property
     def errors(self) -> dict[int, RemoteError]:
@@ -295,8 +254,6 @@ class Map:
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
         if not self.wait(timeout):
-            from .errors import WaitTimeout
-
             raise WaitTimeout(f"map {self.name!r} is not finished after {timeout} s: "
                               f"{self.status()}")
         states = self.item_states()
@@ -365,40 +322,18 @@ class Map:
                 return
             self._check_vanished()
             if deadline is not None and time.monotonic() >= deadline:
-                from .errors import WaitTimeout
-
                 raise WaitTimeout(f"{self.n_items - len(seen)} items of {self.name!r} "
                                   f"unfinished after {timeout} s")
             time.sleep(poll)
 
     # ------------------------------------------------------------------ output
-    @staticmethod
-    def _tail(path: Path, limit: int = 4000) -> str:
-        try:
-            return path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-    def _item_section(self, path: Path, item: int) -> str:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            return ""
-        marker = ITEM_MARKER.format(index=item)
-        start = text.find(marker)
-        if start < 0:
-            return text
-        start += len(marker) + 1
-        end = text.find("===== htcml item ", start)
-        return text[start:] if end < 0 else text[start:end]
-
     def stdout(self, item: int) -> str:
         """What ``item`` printed to standard output (its part of the job's output)."""
-        return self._item_section(self.store.stdout_file(self.job_of(item).task), item)
+        return item_output(self.store.stdout_file(self.job_of(item).task), item)
 
     def stderr(self, item: int) -> str:
         """What ``item`` wrote to standard error, remote tracebacks included."""
-        return self._item_section(self.store.stderr_file(self.job_of(item).task), item)
+        return item_output(self.store.stderr_file(self.job_of(item).task), item)
 
     # ------------------------------------------------------------------ actions
     def _job_ids(self, phases: tuple[TaskPhase, ...]) -> list[str]:
@@ -410,7 +345,7 @@ class Map:
         self.refresh()
         with self._lock:
             clusters = {int(s["cluster"]) for s in self.store.submissions()}
-            self.backend.remove(self.store, [], clusters)
+        self.backend.remove_clusters(self.store, clusters, "cancelled by htcml_jupyter")
 
     def abort(self, items: Iterable[int], reason: str = "aborted") -> list[int]:
         """Stop unfinished items on purpose (e.g. early stopping): their jobs are removed
@@ -430,17 +365,15 @@ class Map:
                     job_ids.append(status.job_id)
                 else:
                     job_ids.append(self._planned_job_id(status.task))
-            ids = [j for j in dict.fromkeys(job_ids) if j]
-            if ids:
-                self.backend.remove(self.store, ids, set())
-            return stopped
+        ids = [j for j in dict.fromkeys(job_ids) if j]
+        if ids:
+            self.backend.remove_jobs(self.store, ids, f"aborted by htcml_jupyter: {reason}")
+        return stopped
 
     def _planned_job_id(self, task: int) -> str:
         for sub in self.store.submissions():
             if task in sub["tasks"]:
-                cluster = int(sub["cluster"])
-                prefix = "local" if cluster < 0 else str(cluster)
-                return f"{prefix}.{task if cluster < 0 else sub['tasks'].index(task)}"
+                return self.backend.job_id(int(sub["cluster"]), sub["tasks"].index(task), task)
         return ""
 
     @property
@@ -456,20 +389,17 @@ class Map:
         with self._lock:
             ids = {self._table.tasks[self._table.item_task[i]].job_id for i in wanted
                    if states[i] is ItemState.RUNNING}
-            ids.discard(None)
-            vacate = getattr(self.backend, "vacate", None)
-            if vacate is None:
-                raise HTCMLError(f"jobs on {self.backend.description} cannot be evicted")
-            vacate(sorted(j for j in ids if j))
-            return len(ids)
+        ids.discard(None)
+        self.backend.vacate(self.store, sorted(j for j in ids if j))
+        return len(ids)
 
     def release(self) -> int:
         """Release held jobs so they run again; returns how many were released."""
         self.refresh()
         with self._lock:
             ids = self._job_ids((TaskPhase.HELD,))
-            self.backend.release(self.store, ids)
-            return len(ids)
+        self.backend.release(self.store, ids)
+        return len(ids)
 
     def retry(self, items: Iterable[int] | None = None) -> list[int]:
         """Run failed, held and removed items again as new jobs; returns their indexes.
@@ -485,25 +415,19 @@ class Map:
         if not again:
             return []
         with self._lock:
-            held = [self._table.tasks[self._table.item_task[i]].job_id for i in again
-                    if states[i] is ItemState.HELD]
-            held_ids = [j for j in dict.fromkeys(held) if j]
-            if held_ids:
-                self.backend.remove(self.store, held_ids, set())
-            arguments = self._load_arguments(again)
-            first = self._table.next_task_id()
-            packed = chunks(again, self._chunksize_for(len(again)))
-            tasks = []
-            for offset, chunk in enumerate(packed):
-                task = first + offset
-                dump_items([(i, arguments[i]) for i in chunk], self.store.input_file(task))
-                tasks.append((task, chunk))
-            give_to_job_user(self.store, self.backend)
-            self.store.add_tasks(tasks)
+            held = [self._status_of(i).job_id for i in again if states[i] is ItemState.HELD]
+        held_ids = [j for j in dict.fromkeys(held) if j]
+        if held_ids:
+            self.backend.remove_jobs(self.store, held_ids, "retried by htcml_jupyter")
+        arguments = read_arguments(self.store, again)
+        size = self._chunksize_for(len(again))
+        with self._lock:
+            tasks = write_tasks(self.store, arguments, again, size,
+                                first_task=self._table.next_task_id())
             for task, chunk in tasks:
                 self._table.add_task(task, chunk)
-            self.backend.submit(self.store, [t for t, _ in tasks], self.options,
-                                self.meta.get("batch_name", self.name))
+        submit_tasks(self.store, self.backend, tasks, self.options,
+                     self.meta.get("batch_name", self.name))
         return again
 
     def _chunksize_for(self, n: int) -> int:
@@ -511,23 +435,6 @@ class Map:
         if size == "auto":
             return auto_chunksize(n, self.backend.capacity(self.options))
         return int(size)
-
-    def _load_arguments(self, items: list[int]) -> dict[int, Any]:
-        wanted = set(items)
-        # an item's arguments are in the input file of the first job that had it
-        first_task: dict[int, int] = {}
-        for task, task_items in self.store.tasks():
-            for i in task_items:
-                first_task.setdefault(i, task)
-        tasks = {first_task[i] for i in items}
-        found: dict[int, Any] = {}
-        for task in sorted(tasks):
-            with self.store.input_file(task).open("rb") as f:
-                read_header(f)
-                for index, argument in pickle.loads(f.read()):
-                    if index in wanted:
-                        found[index] = argument
-        return found
 
     def close(self) -> None:
         """Stop reading the event log (the jobs and the map's folder are untouched)."""
@@ -538,3 +445,8 @@ class Map:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _count(states: list[ItemState]) -> dict[str, int]:
+    counts = Counter(s.value for s in states)
+    return {state.value: counts.get(state.value, 0) for state in ItemState}

@@ -25,18 +25,45 @@ import threading
 import time
 from typing import Any
 
+if __package__:  # imported from the installed package
+    from .wire import (
+        CHECKPOINT_DIR,
+        EXIT_CHECKPOINT,
+        ITEM_ENV,
+        LOCAL_ENV,
+        MAX_UPDATE,
+        METRICS_FILE_ENV,
+        REPORT_ATTRIBUTE,
+        REPORT_ITEM,
+        REPORT_METRICS,
+        REPORT_RESTORED,
+        REPORT_SAVED,
+        REPORT_STEP,
+        REPORT_TIME,
+    )
+else:  # loaded by the job runner from the job's folder, next to wire.py
+    from wire import (  # type: ignore[no-redef]
+        CHECKPOINT_DIR,
+        EXIT_CHECKPOINT,
+        ITEM_ENV,
+        LOCAL_ENV,
+        MAX_UPDATE,
+        METRICS_FILE_ENV,
+        REPORT_ATTRIBUTE,
+        REPORT_ITEM,
+        REPORT_METRICS,
+        REPORT_RESTORED,
+        REPORT_SAVED,
+        REPORT_STEP,
+        REPORT_TIME,
+    )
+
 #: The exit code a job uses to ask HTCondor to spool its checkpoint and restart it.
-CHECKPOINT_EXIT_CODE = 85
-#: The folder, inside the job's working folder, that HTCondor transfers as checkpoint.
-CHECKPOINT_DIR = "htcml_checkpoint"
-#: The job attribute each batch of reports is written to (one event per batch).
-REPORT_ATTRIBUTE = "HtcmlReport"
-#: The longest text sent in one chirp update; larger batches are split.
-MAX_UPDATE = 3500
+CHECKPOINT_EXIT_CODE = EXIT_CHECKPOINT
 
 def _current_item() -> int | None:
     """The item the job runner is running now (it sets ``_HTCML_ITEM``)."""
-    value = os.environ.get("_HTCML_ITEM")
+    value = os.environ.get(ITEM_ENV)
     return int(value) if value and value.isdigit() else None
 
 
@@ -56,7 +83,7 @@ class _Reporter:
     def __init__(self) -> None:
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.local: list[dict[str, Any]] = []
-        self.file = os.environ.get("_HTCML_METRICS_FILE")
+        self.file = os.environ.get(METRICS_FILE_ENV)
         self.chirp_ok = bool(os.environ.get("_CONDOR_CHIRP_CONFIG")) and not self.file
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
@@ -163,9 +190,10 @@ def report(step: int | None = None, **metrics: float) -> None:
                 raise TypeError(f"report({key}=...) must be a number, not "
                                 f"{type(value).__name__}") from None
         clean[key] = value
-    record: dict[str, Any] = {"i": _current_item(), "t": round(time.time(), 3), "m": clean}
+    record: dict[str, Any] = {REPORT_ITEM: _current_item(), REPORT_TIME: round(time.time(), 3),
+                              REPORT_METRICS: clean}
     if step is not None:
-        record["s"] = int(step)
+        record[REPORT_STEP] = int(step)
     _reporter.put(record)
 
 
@@ -194,7 +222,7 @@ class Checkpoint:
 
     def __init__(self, every: float = 60.0, folder: str | None = None):
         self.every = every
-        self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get("_HTCML_LOCAL"))
+        self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get(LOCAL_ENV))
         if folder is None and not self.in_job:
             import tempfile  # a plain call in the notebook: keep the state out of the way
 
@@ -220,8 +248,8 @@ class Checkpoint:
         else:
             with open(self.path, "rb") as f:
                 payload = pickle.load(f)
-        _reporter.put({"i": _current_item(), "t": round(time.time(), 3),
-                       "restored": payload.get("step")})
+        _reporter.put({REPORT_ITEM: _current_item(), REPORT_TIME: round(time.time(), 3),
+                       REPORT_RESTORED: payload.get("step")})
         return payload["state"]
 
     def save(self, state: Any, step: int | None = None) -> None:
@@ -238,7 +266,8 @@ class Checkpoint:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _reporter.put({"i": _current_item(), "t": round(time.time(), 3), "saved": step})
+        _reporter.put({REPORT_ITEM: _current_item(), REPORT_TIME: round(time.time(), 3),
+                       REPORT_SAVED: step})
         if self.in_job and time.time() - self._last_spool >= self.every:
             _reporter.flush()
             raise CheckpointExit()

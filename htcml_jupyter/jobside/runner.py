@@ -35,13 +35,28 @@ import time
 import traceback
 from typing import Any
 
-MAGIC = b"HTCML-PAYLOAD 1\n"
-EXIT_OK = 0
-EXIT_ITEM_FAILED = 3
-EXIT_PAYLOAD_FAILED = 4
-EXIT_CHECKPOINT = 85  # the function saved a checkpoint: HTCondor spools it and restarts us
-ITEM_MARKER = "===== htcml item {index} ====="
-ITEM_ENV = "_HTCML_ITEM"
+if __package__:  # imported from the installed package
+    from .wire import (
+        EXIT_CHECKPOINT,
+        EXIT_ITEM_FAILED,
+        EXIT_OK,
+        EXIT_PAYLOAD_FAILED,
+        ITEM_ENV,
+        ITEM_MARKER,
+        MAGIC,
+        lost_record,
+    )
+else:  # run as a script in the job's folder, next to wire.py
+    from wire import (  # type: ignore[no-redef]
+        EXIT_CHECKPOINT,
+        EXIT_ITEM_FAILED,
+        EXIT_OK,
+        EXIT_PAYLOAD_FAILED,
+        ITEM_ENV,
+        ITEM_MARKER,
+        MAGIC,
+        lost_record,
+    )
 
 
 def python_version() -> str:
@@ -120,7 +135,9 @@ class VersionMismatch(RuntimeError):
 
 def _install_job_api_fallback() -> None:
     """Make ``import htcml_jupyter`` work where the package is not installed, from the
-    job-side API shipped with the job (job.py): ``report``, ``checkpoint``, ``device``."""
+    job-side modules shipped with the job (job.py, wire.py): ``report``, ``checkpoint``,
+    ``device``."""
+    import importlib
     import importlib.util
 
     if importlib.util.find_spec("htcml_jupyter") is not None:
@@ -128,22 +145,20 @@ def _install_job_api_fallback() -> None:
     import types
 
     here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("htcml_jupyter.job",
-                                                  os.path.join(here, "job.py"))
-    if spec is None or spec.loader is None:
-        return
-    job = importlib.util.module_from_spec(spec)
     package = types.ModuleType("htcml_jupyter", "job-side API of htcml_jupyter")
     package.__path__ = []
+    jobside = types.ModuleType("htcml_jupyter.jobside", "modules shipped with each job")
+    jobside.__path__ = [here]
     sys.modules["htcml_jupyter"] = package
-    sys.modules["htcml_jupyter.job"] = job
-    spec.loader.exec_module(job)
-    for name in ("report", "checkpoint", "device", "local_reports", "job"):
-        setattr(package, name, job if name == "job" else getattr(job, name))
+    sys.modules["htcml_jupyter.jobside"] = jobside
+    package.jobside = jobside  # type: ignore[attr-defined]
+    job = importlib.import_module("htcml_jupyter.jobside.job")
+    for name in ("report", "checkpoint", "device", "local_reports"):
+        setattr(package, name, getattr(job, name))
 
 
 def _flush_reports() -> None:
-    job = sys.modules.get("htcml_jupyter.job")
+    job = sys.modules.get("htcml_jupyter.jobside.job")
     if job is not None:
         job.flush_reports()
 
@@ -155,10 +170,8 @@ def _write_outcome(path: str, header: dict[str, Any], records: list[dict[str, An
 def _lost(indexes: list[int]) -> list[dict[str, Any]]:
     note = ("the job ended before this item finished (killed, out of memory, or evicted "
             "without a checkpoint)")
-    return [{"index": i, "ok": False, "lost": True, "started": None, "seconds": None,
-             "error": {"type": "htcml_jupyter.JobLost", "message": note, "traceback": note,
-                       "host": socket.gethostname(), "python": python_version(),
-                       "exception": None}} for i in indexes]
+    host, python = socket.gethostname(), python_version()
+    return [lost_record(i, note, host, python) for i in indexes]
 
 
 def run(function_file: str, input_file: str, outcome_file: str) -> int:

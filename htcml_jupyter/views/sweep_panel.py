@@ -10,7 +10,7 @@ from .panel import MapPanel
 from .progress import MapProgress
 
 if TYPE_CHECKING:
-    from .sweeps import Sweep, TrialRow
+    from ..training.sweeps import Sweep, TrialRow
 
 #: Rows shown in the trials table (best first); the rest are counted.
 TABLE_ROWS = 25

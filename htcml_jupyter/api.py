@@ -1,0 +1,194 @@
+"""The public API: map a function over inputs, attach to a map, run a sweep, list maps.
+
+Every magic is a thin layer over these functions; they work the same in scripts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .paths import default_map_root
+
+if TYPE_CHECKING:
+    from .engine.mapping import Chunksize, Map
+    from .training.sweeps import Sweep
+
+def map(
+    function: Callable[..., Any],
+    inputs: Iterable[Any],
+    *,
+    kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+    chunksize: Chunksize = "auto",
+    pool: str | None = None,
+    backend: str | None = None,
+    root: str | Path | None = None,
+    **options: Any,
+) -> Map:
+    """Map ``function`` over ``inputs`` as HTCondor jobs; returns at once.
+
+    Parameters
+    ----------
+    function
+        Called as ``function(item, **kwargs)`` for each item, on an execute node.
+        It is cloudpickled once; it and what it refers to must be picklable.
+    inputs
+        Any iterable; each element is one item (pickled into the job's input file).
+    kwargs
+        Constant keyword arguments for every call.
+    name
+        The map's name (its folder's name); a readable unique one by default.
+    chunksize
+        Items per job.  ``"auto"`` (default) gives each item its own job when there
+        are at most twice as many items as matching slots, and otherwise packs items
+        so that each slot gets about one job.  Each item keeps its own result, error
+        and retry either way.
+    pool
+        ``"project"``, ``"local"`` or an HTCondor client configuration file.  See
+        :mod:`htcml_jupyter.pools` for the order used when it is not given.
+    backend
+        ``"local"`` to run in local subprocesses; ``"condor"`` to insist on a pool.
+    root
+        Folder under which the map's folder is made (default ``~/.htcml/maps``,
+        ``$HTCML_HOME/maps``).
+    **options
+        Resources and policy, e.g. ``request_memory="4GB"``, ``request_gpus=1``,
+        ``max_idle=100``, ``submit_extra={...}``; see :func:`describe_options`.
+    """
+    from .backends.pools import resolve_backend
+    from .engine.creation import create_map
+
+    chosen = resolve_backend(pool, backend)
+    return create_map(function, inputs, kwargs=kwargs, backend=chosen,
+                      root=Path(root) if root is not None else default_map_root(),
+                      name=name, chunksize=chunksize, options=options)
+
+
+def attach(name: str, root: str | Path | None = None) -> Map:
+    """The map called ``name``, rebuilt from its folder (in any process, at any time).
+
+    A sweep comes back as a :class:`Sweep` (its early-abort watcher resumes)."""
+    from .backends.pools import backend_from_meta
+    from .engine.mapping import Map
+    from .engine.store import MapStore
+
+    store = MapStore.open(Path(root) if root is not None else default_map_root(), name)
+    meta = store.read_meta()
+    backend = backend_from_meta(meta["pool"])
+    if "sweep" in meta:
+        from .training.sweeps import Sweep
+
+        return Sweep(store, backend)
+    return Map(store, backend)
+
+
+def sweep(
+    function: Callable[..., Any],
+    *,
+    grid: dict[str, Any] | None = None,
+    space: dict[str, Any] | None = None,
+    n_trials: int | None = None,
+    repeat: int = 1,
+    seed: int = 0,
+    metric: str | None = None,
+    mode: str = "min",
+    early_stop: Callable[..., Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+    pool: str | None = None,
+    backend: str | None = None,
+    root: str | Path | None = None,
+    **options: Any,
+) -> Sweep:
+    """Run ``function(**params)`` for every trial, each its own job; returns at once.
+
+    Parameters
+    ----------
+    grid
+        A dict of lists: every combination is one trial.
+    space, n_trials
+        A dict of distributions (:func:`uniform`, :func:`loguniform`, :func:`randint`,
+        :func:`choice`) or constants, and how many random trials to draw (seeded).
+    repeat
+        Run each point ``repeat`` times (ensembles, seeds); then each trial gets a
+        ``seed`` parameter (``seed``, ``seed + 1``, ...) unless the grid has one.
+    metric, mode
+        The metric that ranks trials (``best()``), and whether lower or higher wins.
+    early_stop
+        A policy (:class:`Threshold`, :class:`MedianStopping`, :class:`SuccessiveHalving`,
+        or a function ``(trial, history, histories) -> reason or None``) applied to the
+        live reports; a stopped trial's job is removed and it is marked *aborted early*.
+    **options
+        Resources and policy as for :func:`map` (``request_gpus=1``...).
+    """
+    from .backends.pools import resolve_backend
+    from .training.sweeps import create_sweep
+
+    chosen = resolve_backend(pool, backend)
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+    return create_sweep(function, grid=grid, space=space, n_trials=n_trials, repeat=repeat,
+                        seed=seed, metric=metric, mode=mode,  # type: ignore[arg-type]
+                        early_stop=early_stop, kwargs=kwargs, backend=chosen,
+                        root=Path(root) if root is not None else default_map_root(),
+                        name=name, options=options)
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """A map found on disk: enough to list it without reading its event log."""
+
+    name: str
+    function: str
+    n_items: int
+    created: float
+    pool: str
+    path: Path
+
+    def __repr__(self) -> str:
+        return (f"<MapInfo {self.name!r}: {self.function}, {self.n_items} items, "
+                f"created {self.created_text}, on {self.pool}>")
+
+    @property
+    def created_text(self) -> str:
+        """The creation time as ``YYYY-MM-DD HH:MM`` (local time)."""
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+
+    def row(self) -> dict[str, str]:
+        """This map as one row of the maps table (:data:`MAP_COLUMNS`)."""
+        return {"name": self.name, "function": self.function, "items": str(self.n_items),
+                "created": self.created_text, "pool": self.pool}
+
+
+#: The columns of the maps table that ``htcml maps`` and ``%htc_maps`` show.
+MAP_COLUMNS = ("name", "function", "items", "created", "pool")
+
+
+def maps_text(infos: list[MapInfo]) -> str:
+    """The maps table as aligned text."""
+    rows = [dict(zip(MAP_COLUMNS, (c.upper() for c in MAP_COLUMNS), strict=True)),
+            *(i.row() for i in infos)]
+    widths = {c: max(len(r[c]) for r in rows) for c in MAP_COLUMNS}
+    return "\n".join("  ".join(r[c].ljust(widths[c]) for c in MAP_COLUMNS).rstrip()
+                     for r in rows)
+
+
+def list_maps(root: str | Path | None = None) -> list[MapInfo]:
+    """Every map under ``root`` (default ``~/.htcml/maps``), oldest first."""
+    from .engine.store import MapStore, list_map_names
+
+    base = Path(root) if root is not None else default_map_root()
+    out = []
+    for name in list_map_names(base):
+        try:
+            meta = MapStore(base / name).read_meta()
+        except (OSError, ValueError):
+            continue
+        out.append(MapInfo(name, str(meta.get("function", "?")), int(meta.get("n_items", 0)),
+                           float(meta.get("created", 0)),
+                           str(meta.get("pool", {}).get("description", "?")), base / name))
+    return out

@@ -1,0 +1,2 @@
+"""Where a map's jobs run, behind one protocol (:mod:`.protocol`): an HTCondor pool
+(:mod:`.condor`) or local processes (:mod:`.local`); :mod:`.pools` picks one."""

@@ -1,0 +1,53 @@
+"""Run ``htcondor2`` calls under one pool's client configuration.
+
+The bindings read a single configuration per process (``CONDOR_CONFIG`` at the time of
+``reload_config()``).  Each :class:`~.condor.CondorBackend` names its own configuration
+file, and every binding call it makes runs inside :func:`pool_config`, which loads that
+file under a process-wide lock and puts ``CONDOR_CONFIG`` back as it was.  So two maps on
+two pools in one process each reach their own pool, and choosing a pool for one map
+never changes where the next map goes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_lock = threading.RLock()
+_UNSET = object()
+_loaded: object = _UNSET
+
+
+def _key(config: str | None) -> object:
+    # None: whatever the process environment names (or the system configuration)
+    return ("env", os.environ.get("CONDOR_CONFIG")) if config is None else config
+
+
+@contextmanager
+def pool_config(config: str | None) -> Iterator[Any]:
+    """Hold the bindings on ``config`` (a client configuration file; ``None`` for the
+    process's own) for the duration of the block; yields the ``htcondor2`` module.
+
+    Blocks of other threads wait, so keep the work inside short (one query, one act).
+    """
+    global _loaded
+    import htcondor2
+
+    with _lock:
+        key = _key(config)
+        if key != _loaded:
+            saved = os.environ.get("CONDOR_CONFIG")
+            try:
+                if config is not None:
+                    os.environ["CONDOR_CONFIG"] = config
+                htcondor2.reload_config()
+            finally:
+                if saved is None:
+                    os.environ.pop("CONDOR_CONFIG", None)
+                else:
+                    os.environ["CONDOR_CONFIG"] = saved
+            _loaded = key
+        yield htcondor2

@@ -1,0 +1,97 @@
+"""What a map needs from where its jobs run: the :class:`Backend` protocol.
+
+Two backends implement it: :class:`~.condor.CondorBackend` (an HTCondor pool) and
+:class:`~.local.LocalBackend` (local processes).  The engine calls nothing else, and
+never probes a backend for optional methods: every operation is declared here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..engine.options import SubmitOptions
+from ..engine.state import TaskEvent, TaskTable
+from ..engine.store import MapStore
+from .resources import PoolResources
+
+
+class EventReader(Protocol):
+    """Turns what a backend observes (a job event log, an executor's event file) into
+    :class:`~htcml_jupyter.engine.state.TaskEvent` values, from where it stopped."""
+
+    def read(self) -> list[TaskEvent]:
+        """The events that arrived since the last call."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading (files are closed; the jobs are untouched)."""
+        ...
+
+
+class Backend(Protocol):
+    """Where a map's jobs run (an HTCondor pool or local processes)."""
+
+    #: ``"condor"`` or ``"local"``.
+    kind: str
+    #: Words for people: "the project's pool", "local processes (2 at a time)".
+    description: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able record from which :func:`~.pools.backend_from_meta` rebuilds it."""
+        ...
+
+    @property
+    def job_uid(self) -> int | None:
+        """The uid jobs run as, when it differs from ours and the map folder must be
+        given to it (root submitting to the project's pool); else None."""
+        ...
+
+    def check_visible(self, path: Path) -> None:
+        """Raise :class:`~htcml_jupyter.PoolUnavailable` when jobs cannot see ``path``
+        (a map folder) although this backend needs them to."""
+        ...
+
+    def resources(self) -> PoolResources:
+        """Slots, CPUs, memory and GPUs, in total and free now."""
+        ...
+
+    def capacity(self, options: SubmitOptions) -> int:
+        """How many jobs with these resources can run at once (0 when unknown)."""
+        ...
+
+    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
+               batch_name: str) -> int:
+        """Queue one job per task and record the submission in ``store``; return its
+        cluster id (local submissions use negative ids)."""
+        ...
+
+    def event_reader(self, store: MapStore) -> EventReader:
+        """A reader of the map's job events."""
+        ...
+
+    def job_id(self, cluster: int, position: int, task: int) -> str:
+        """The id of the job at ``position`` of submission ``cluster`` (holding
+        ``task``), before any event named it."""
+        ...
+
+    def remove_jobs(self, store: MapStore, job_ids: list[str], reason: str) -> None:
+        """Remove these jobs of the map (early abort, held jobs before a retry)."""
+        ...
+
+    def remove_clusters(self, store: MapStore, clusters: set[int], reason: str) -> None:
+        """Remove every job of these submissions of the map (cancel)."""
+        ...
+
+    def release(self, store: MapStore, job_ids: list[str]) -> None:
+        """Release held jobs so they run again."""
+        ...
+
+    def vacate(self, store: MapStore, job_ids: list[str]) -> None:
+        """Evict running jobs as preemption would: they go back to the queue."""
+        ...
+
+    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+        """Events for unsettled jobs that left without a terminal event (asked only after
+        the events have been quiet for a long time)."""
+        ...

@@ -1,0 +1,103 @@
+"""The submit description of a map's jobs: a pure function of the map and its options.
+
+Nothing here talks to a pool, so tests read the exact commands a map submits (golden
+files under ``tests/golden/``).  The commands the engine depends on -- where the event
+log goes, what the job runs, which files come back and where -- cannot be overridden
+through ``submit_extra``; trying is an :class:`~htcml_jupyter.OptionError`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..engine.options import RESERVED_COMMANDS, OptionError, SubmitOptions
+from ..engine.store import MapStore
+from ..jobside import job, runner, wire
+
+
+@dataclass(frozen=True)
+class JobLaunch:
+    """How a job starts its runner: the executable, what goes before the runner's own
+    arguments, and the files and environment that must come with it."""
+
+    executable: str
+    transfer_executable: bool = False
+    arguments_prefix: tuple[str, ...] = ()
+    input_files: tuple[str, ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def default_launch(options: SubmitOptions) -> JobLaunch:
+    """The interpreter named by ``python=``; in a container the image's ``python3``;
+    otherwise this process's own interpreter (a pool that shares its filesystem)."""
+    python = options.python or ("python3" if options.container_image else sys.executable)
+    return JobLaunch(executable=python)
+
+
+def job_side_files() -> list[str]:
+    """The files every job needs besides its payload: the runner, the job-side API, the
+    wire constants and HTCondor's pure-Python chirp client."""
+    from htcondor2.htchirp import htchirp
+
+    return [str(Path(runner.__file__)), str(Path(job.__file__)), str(Path(wire.__file__)),
+            str(Path(htchirp.__file__))]
+
+
+def _quote_path(path: str) -> str:
+    if any(c in path for c in "\n\r\"$,"):
+        raise OptionError(f"the path {path!r} cannot be used in a submit description "
+                          f"(it holds a newline, a quote, '$' or ','); choose a map folder "
+                          f"(HTCML_HOME) without them")
+    return path
+
+
+def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: str,
+                       launch: JobLaunch | None = None,
+                       job_files: list[str] | None = None) -> dict[str, str]:
+    """The submit commands of one submission of ``store``'s map (one job per task,
+    ``$(task)`` from the itemdata)."""
+    clash = sorted(k for k in options.submit_extra if k.lower() in RESERVED_COMMANDS)
+    if clash:  # from_kwargs refuses these; a hand-made SubmitOptions may still hold them
+        raise OptionError(f"submit_extra cannot set {', '.join(clash)}: the map needs these "
+                          f"commands to track its jobs and collect their results")
+    launch = launch or default_launch(options)
+    files = job_files if job_files is not None else job_side_files()
+    inputs = [*files, *launch.input_files, str(store.function_file), *options.input_files,
+              "inputs/task-$(task).pkl"]
+    environment = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                   **launch.environment}
+    arguments = [*launch.arguments_prefix, "runner.py", "function.pkl", "task-$(task).pkl",
+                 "outcome.pkl"]
+    commands: dict[str, str] = {
+        "universe": "vanilla",
+        "executable": launch.executable,
+        "transfer_executable": "true" if launch.transfer_executable else "false",
+        "arguments": " ".join(arguments),
+        "initialdir": _quote_path(str(store.path)),
+        "transfer_input_files": ", ".join(_quote_path(p) for p in inputs),
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT",
+        "transfer_output_files": "outcome.pkl",
+        "transfer_output_remaps": '"outcome.pkl = outputs/task-$(task).pkl"',
+        "output": "logs/task-$(task).out",
+        "error": "logs/task-$(task).err",
+        "log": _quote_path(str(store.event_log)),
+        "log_xml": "true",
+        "submit_event_notes": "task $(task)",
+        "job_max_vacate_time": "5",
+        "environment": '"' + " ".join(f"{k}={v}" for k, v in environment.items()) + '"',
+        "batch_name": batch_name,
+        "My.HtcmlMap": f'"{store.name}"',
+        "My.HtcmlTask": "$(task)",
+        # live reports (htcml_jupyter.report) go through chirp to the event log
+        "My.WantIOProxy": "true",
+        # self-checkpointing (htcml_jupyter.checkpoint): exit 85 spools the folder
+        "checkpoint_exit_code": str(wire.EXIT_CHECKPOINT),
+        "transfer_checkpoint_files": wire.CHECKPOINT_DIR,
+    }
+    commands.update(options.submit_commands())
+    if options.max_retries:
+        commands["retry_until"] = str(wire.EXIT_ITEM_FAILED)
+    return commands

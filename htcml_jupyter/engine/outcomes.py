@@ -1,0 +1,90 @@
+"""What a finished job left behind: its outcome file, per item, and its output text.
+
+The job runner writes one outcome file per job (records keyed by item index, format in
+:mod:`htcml_jupyter.jobside.runner`); this module reads them back into values and
+errors for the :class:`~htcml_jupyter.engine.mapping.Map`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from ..jobside.runner import read_header
+from ..jobside.wire import JOB_LOST, split_item_output
+from .errors import HTCMLError, ItemHeld, ItemRemoved, RemoteError
+from .payload import restore_source_lines
+from .state import ItemState, TaskStatus
+from .store import MapStore
+
+
+def tail(path: Path, limit: int = 4000) -> str:
+    """The last ``limit`` characters of a text file ('' when it is missing)."""
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def item_output(path: Path, item: int) -> str:
+    """What ``item`` printed in a job's stdout or stderr file."""
+    try:
+        return split_item_output(path.read_text(errors="replace"), item)
+    except OSError:
+        return ""
+
+
+class OutcomeReader:
+    """Reads and caches the outcome records of a map's finished jobs."""
+
+    def __init__(self, store: MapStore, code_locations: dict[str, str]):
+        self.store = store
+        self.code_locations = code_locations
+        self._cache: dict[int, dict[int, dict[str, Any]]] = {}
+
+    def records(self, task: int) -> dict[int, dict[str, Any]]:
+        """``{item: record}`` of one job; empty while it has no readable outcome."""
+        cached = self._cache.get(task)
+        if cached is not None:
+            return cached
+        try:
+            with self.store.output_file(task).open("rb") as f:
+                read_header(f)
+                records = pickle.loads(f.read())
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+            return {}
+        outcome = {int(r["index"]): r for r in records}
+        self._cache[task] = outcome
+        return outcome
+
+    def succeeded(self, status: TaskStatus, item: int) -> bool:
+        """Whether ``item`` of a finished job has a result."""
+        if status.exit_code == 0:
+            return True
+        record = self.records(status.task).get(item)
+        return record is not None and bool(record.get("ok"))
+
+    def value(self, status: TaskStatus, item: int) -> Any:
+        """The result of a done item."""
+        return pickle.loads(self.records(status.task)[item]["value"])
+
+    def error(self, status: TaskStatus, item: int, state: ItemState) -> HTCMLError:
+        """Why a settled item has no result."""
+        if state is ItemState.HELD:
+            return ItemHeld(item, status.hold_reason or "held", status.hold_code,
+                            status.job_id)
+        if state is ItemState.REMOVED:
+            return ItemRemoved(item, status.removed_reason or "removed")
+        record = self.records(status.task).get(item)
+        if record is None:
+            return RemoteError(item, {
+                "type": JOB_LOST,
+                "message": f"the job exited with code {status.exit_code} without writing "
+                           f"an outcome; see stderr({item})",
+                "traceback": tail(self.store.stderr_file(status.task)),
+                "host": status.host}, status.job_id)
+        error = dict(record["error"])
+        error["traceback"] = restore_source_lines(str(error.get("traceback", "")),
+                                                  self.code_locations)
+        return RemoteError(item, error, status.job_id)

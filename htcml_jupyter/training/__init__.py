@@ -1,0 +1,1 @@
+"""Throughput training: sweeps over grids and random spaces, and early-abort policies."""
