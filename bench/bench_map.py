@@ -26,7 +26,6 @@ import cloudpickle
 import htcondor2
 
 import htcml_jupyter as htc
-from htcml_jupyter.backends.condor import activate_config
 from htcml_jupyter.backends.pools import project_backend
 from htcml_jupyter.engine.options import SubmitOptions
 
@@ -152,7 +151,9 @@ def main() -> int:
     if backend is None:
         print("the project's pool is not up: run `htcml pool up` first", file=sys.stderr)
         return 2
-    activate_config(backend.config)
+    # the baseline talks to the pool with plain htcondor2 calls in this script's process
+    os.environ["CONDOR_CONFIG"] = str(backend.config)
+    htcondor2.reload_config()
     root = Path(tempfile.mkdtemp(prefix="htcml-bench-", dir="/tmp"))
     root.chmod(0o755)
     baseline = Baseline(root, backend.job_uid)

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .jobside.job import checkpoint, device, report
 
 if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us starts fast
-    from .api import MapInfo, attach, list_maps, map, sweep
-    from .backends.resources import pool_resources
+    from .api import MapInfo, attach, list_maps, map, pool_resources, sweep
     from .engine.chunking import auto_chunksize
     from .engine.errors import (
         HTCMLError,
@@ -66,7 +65,7 @@ _LAZY = {
     "OPTIONS": "engine.options", "OptionError": "engine.options",
     "SubmitOptions": "engine.options", "describe_options": "engine.options",
     "PickleError": "engine.payload", "ItemState": "engine.state",
-    "pool_resources": "backends.resources",
+    "pool_resources": "api",
     "Sweep": "training.sweeps", "uniform": "training.sweeps",
     "loguniform": "training.sweeps", "randint": "training.sweeps",
     "choice": "training.sweeps", "Uniform": "training.sweeps",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .paths import default_map_root
 
 if TYPE_CHECKING:
+    from .backends.resources import PoolResources
     from .engine.mapping import Chunksize, Map
     from .training.sweeps import Sweep
 
@@ -136,6 +137,14 @@ def sweep(
                         early_stop=early_stop, kwargs=kwargs, backend=chosen,
                         root=Path(root) if root is not None else default_map_root(),
                         name=name, options=options)
+
+
+def pool_resources(pool: str | None = None) -> PoolResources:
+    """What the pool new maps would use offers: slots, CPUs, memory and GPUs, in total
+    and free now (``pool`` as for :func:`map`)."""
+    from .backends.pools import resolve_backend
+
+    return resolve_backend(pool).resources()
 
 
 @dataclass(frozen=True)

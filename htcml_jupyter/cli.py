@@ -12,20 +12,27 @@ from .engine.errors import HTCMLError
 
 
 def _pool(args: argparse.Namespace) -> int:
+    isolated = bool(args.isolated)
+    name = "isolated pool" if isolated else "pool"
+    flag = " --isolated" if isolated else ""
     if args.action == "up":
-        state = devpool.up(num_cpus=args.cpus)
-        print(f"pool up ({state.mode}); jobs run as {state.job_user}")
+        state = devpool.up(num_cpus=args.cpus, isolated=isolated, exec_nodes=args.exec_nodes)
+        print(f"{name} up ({state.mode}); jobs run as {state.job_user}")
+        if isolated:
+            nodes = ", ".join(f"{n} (port {state.ports[n]})" for n in state.roots
+                              if n != "submit")
+            print(f"collector: {state.collector}; execute nodes: {nodes}")
         print(f"client configuration: {state.client_config}")
         _print_slots(state.client_config)
         return 0
     if args.action == "down":
-        print("pool stopped" if devpool.down() else "no pool was up")
+        print(f"{name} stopped" if devpool.down(isolated=isolated) else f"no {name} was up")
         return 0
-    running = devpool.running_state()
+    running = devpool.running_state(isolated=isolated)
     if running is None:
-        print("pool is down (start it with: htcml pool up)")
+        print(f"{name} is down (start it with: htcml pool up{flag})")
         return 1
-    print(f"pool up ({running.mode}), client configuration: {running.client_config}")
+    print(f"{name} up ({running.mode}), client configuration: {running.client_config}")
     _print_slots(running.client_config)
     return 0
 
@@ -40,6 +47,51 @@ def _print_slots(config: str) -> None:
         return
     print(f"slots: {res.cpus_total} CPUs ({res.cpus_free} free), "
           f"{res.memory_total_mb} MB memory, {res.gpus_total} GPUs ({res.gpus_free} free)")
+
+
+def _env(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from .environment import (
+        EnvSource,
+        PackProgress,
+        export_archive,
+        pack_environment,
+        size_text,
+    )
+
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def progress(p: PackProgress) -> None:
+        share = p.bytes_done / max(p.bytes_total, 1)
+        if tty or int(share * 10) > shown[0]:
+            shown[0] = int(share * 10)
+            start = "\r" if tty else ""
+            print(f"{start}packing: {p.files_done}/{p.files_total} files, "
+                  f"{size_text(p.bytes_done)} of {size_text(p.bytes_total)} "
+                  f"({share:.0%})", end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    source = EnvSource.current()
+    if args.exclude:
+        source = dataclasses.replace(source, exclude=tuple(args.exclude))
+    packed = pack_environment(source, progress=progress)
+    if tty and not packed.cached:
+        print(file=sys.stderr)
+    path = export_archive(packed, Path(args.output).expanduser()) if args.output \
+        else packed.path
+    how = (f"reused (packed earlier in {packed.pack_seconds:.1f} s)" if packed.cached
+           else f"packed in {packed.pack_seconds:.1f} s")
+    print(f"archive: {path.resolve()}")
+    print(f"size:    {size_text(packed.size)} ({packed.size} bytes, {packed.files} files, "
+          f"Python {packed.python})")
+    print(f"digest:  {packed.digest}")
+    print(f"time:    {time.monotonic() - started:.1f} s, {how}")
+    print(f"use it:  htc.map(fn, items, environment={str(path.resolve())!r}), or upload "
+          f"it and pass its https:// or osdf:// URL")
+    return 0
 
 
 def _maps(args: argparse.Namespace) -> int:
@@ -106,8 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     pool = sub.add_parser("pool", help="start, stop or inspect the project's HTCondor pool")
     pool.add_argument("action", choices=["up", "down", "status"])
-    pool.add_argument("--cpus", type=int, default=8, help="slots the pool offers (default 8)")
+    pool.add_argument("--cpus", type=int, default=8,
+                      help="slots each execute node offers (default 8)")
+    pool.add_argument("--isolated", action="store_true",
+                      help="the isolated pool: execute nodes that share no files with this "
+                           "machine, beside the shared pool (needs root)")
+    pool.add_argument("--exec-nodes", type=int, default=None,
+                      help="execute nodes of the isolated pool (default: as many as run "
+                           "now, at least 1)")
     pool.set_defaults(func=_pool)
+    env = sub.add_parser("env", help="pack this Python and its packages for the jobs")
+    env.add_argument("action", choices=["pack"])
+    env.add_argument("--output", default=None,
+                     help="also put the archive here (a .tar.gz path; default: only the "
+                          "cache, $HTCML_HOME/envs)")
+    env.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                     help="leave out a package the jobs never use (repeatable), e.g. "
+                          "--exclude playwright --exclude jupyterlab")
+    env.set_defaults(func=_env)
     sub.add_parser("maps", help="list the maps on disk").set_defaults(func=_maps)
     status = sub.add_parser("status", help="item counts, holds and errors of one map")
     status.add_argument("name")

@@ -1,4 +1,8 @@
-"""Shared fixtures: the project's real HTCondor pool and a map root its jobs can see."""
+"""Shared fixtures: the project's real HTCondor pool and a map root its jobs can see.
+
+Tests that need the pool (they use the ``pool``, ``pool_env`` or ``lab`` fixtures) are
+marked ``@pytest.mark.pool``; ``pytest -m "not pool"`` runs the others without one.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,58 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from htcml_jupyter import devpool
+from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.backends.pools import project_backend
+
+#: CONDOR_CONFIG as the session found it (before any test module imported the bindings).
+_CONDOR_CONFIG_AT_START = os.environ.get("CONDOR_CONFIG")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_environment() -> Iterator[None]:
+    """The session's settings, all undone when it ends: a map that finds no pool fails
+    instead of running in local processes (unless the environment or a test says
+    otherwise); and the ``htcondor2`` bindings are loaded once up front, as their first
+    import may set CONDOR_CONFIG=/dev/null when there is no configuration."""
+    with pytest.MonkeyPatch.context() as mp:
+        if "HTCML_LOCAL_FALLBACK" not in os.environ:
+            mp.setenv("HTCML_LOCAL_FALLBACK", "0")
+        import htcondor2  # noqa: F401
+
+        loaded = os.environ.get("CONDOR_CONFIG")
+        if loaded != _CONDOR_CONFIG_AT_START:  # hand it to mp, so it is put back
+            if _CONDOR_CONFIG_AT_START is None:
+                del os.environ["CONDOR_CONFIG"]
+            else:
+                os.environ["CONDOR_CONFIG"] = _CONDOR_CONFIG_AT_START
+            if loaded is None:
+                mp.delenv("CONDOR_CONFIG")
+            else:
+                mp.setenv("CONDOR_CONFIG", loaded)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _environment_is_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No test may leave CONDOR_CONFIG changed (it would redirect every later map), and a
+    test that needs the pool must say so with ``@pytest.mark.pool``."""
+    uses_pool = {"pool", "pool_env", "lab"} & set(request.fixturenames)
+    if uses_pool and request.node.get_closest_marker("pool") is None:
+        pytest.fail(f"{request.node.nodeid} uses the pool ({', '.join(sorted(uses_pool))}) "
+                    f"but is not marked @pytest.mark.pool", pytrace=False)
+    before = os.environ.get("CONDOR_CONFIG")
+    yield
+    after = os.environ.get("CONDOR_CONFIG")
+    if after != before:
+        if before is None:
+            os.environ.pop("CONDOR_CONFIG", None)
+        else:
+            os.environ["CONDOR_CONFIG"] = before
+        pytest.fail(f"{request.node.nodeid} left CONDOR_CONFIG={after!r} (it was {before!r})",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +93,9 @@ def _remove_jobs_under(root: Path) -> None:
     state = devpool.running_state()
     if state is None:
         return
-    import htcondor2
-
-    from htcml_jupyter.backends.condor import activate_config
-
-    activate_config(state.client_config)
     try:
-        htcondor2.Schedd().act(htcondor2.JobAction.Remove,
-                               f'regexp("^{root}/", Iwd)')
+        with pool_config(state.client_config) as htcondor2:
+            htcondor2.Schedd().act(htcondor2.JobAction.Remove, f'regexp("^{root}/", Iwd)')
     except Exception:
         pass
 
@@ -77,12 +125,8 @@ def shared_tmp(session_root: Path, request: pytest.FixtureRequest) -> Path:
     return path
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    os.environ.setdefault("HTCML_LOCAL_FALLBACK", "0")
-
-
 @pytest.fixture(scope="session")
-def ip() -> object:
+def ip() -> InteractiveShell:
     """One real IPython InteractiveShell for the session, with the extension loaded."""
     from IPython.testing.globalipapp import get_ipython, start_ipython
 

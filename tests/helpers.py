@@ -1,9 +1,14 @@
-"""Functions the tests map; pickled by value because this folder is not installed."""
+"""Functions the tests map (pickled by value, as this folder is not installed), and
+:func:`wait_until` for tests that watch something happen."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def square(x: int) -> int:
@@ -55,3 +60,18 @@ def size_of(blob: bytes) -> int:
 
 def make_blob(n: int) -> bytes:
     return os.urandom(n)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.1,
+               message: str = "condition not met") -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, and
+    return that; after ``timeout`` seconds raise AssertionError with ``message`` and the
+    last value it returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} (waited {timeout:g} s; last value: {value!r})")
+        time.sleep(interval)

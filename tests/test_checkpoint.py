@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
+from typing import Any
 
-import htcondor2
+import pytest
 import torch  # installed by scripts/setup-env (the CPU build)
 
 import htcml_jupyter as htc
-from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.backends.bindings import pool_config
+from tests.helpers import wait_until
 
 EPOCHS = 6
 
 
-def train_linear(epochs: int, seed: int = 0, pause: float = 0.0) -> dict:
+def train_linear(epochs: int, seed: int = 0, pause: float = 0.0) -> dict[str, Any]:
     """A small regression trained with SGD; checkpoints model, optimizer and RNG."""
     import time
 
@@ -50,19 +52,19 @@ def train_linear(epochs: int, seed: int = 0, pause: float = 0.0) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.pool
 def test_vacated_training_resumes_and_matches_an_uninterrupted_run(
         pool_env: str, map_root: Path) -> None:
     expected = train_linear(EPOCHS, seed=3)  # uninterrupted, in this process
     m = htc.map(train_linear, [EPOCHS], kwargs={"seed": 3, "pause": 0.5}, root=map_root,
                 request_memory="1GB")
-    activate_config(pool_env)
-    deadline = time.time() + 180
-    while time.time() < deadline and (m.checkpoints().get(0, {}).get("saved") or -1) < 2:
-        time.sleep(0.1)
+    wait_until(lambda: (m.checkpoints().get(0, {}).get("saved") or -1) >= 2, timeout=180,
+               message="no checkpoint of epoch 2 was saved")
     saved_before = m.checkpoints()[0]["saved"]
     assert saved_before is not None and saved_before >= 2
     assert m.item_states()[0] is not htc.ItemState.DONE
-    htcondor2.Schedd().act(htcondor2.JobAction.Vacate, [m.job_of(0).job_id])
+    with pool_config(pool_env) as htcondor2:
+        htcondor2.Schedd().act(htcondor2.JobAction.Vacate, [m.job_of(0).job_id])
     result = m.results(timeout=240)[0]
     for key, tensor in expected.items():
         assert torch.equal(result[key], tensor), f"{key} differs from the uninterrupted run"
@@ -85,6 +87,7 @@ def test_local_backend_restarts_after_checkpoint_exits(map_root: Path) -> None:
     assert [r["step"] for r in m.reports(0)] == [0, 1, 2]
 
 
+@pytest.mark.pool
 def test_device_falls_back_to_cpu_on_simulated_gpus(pool_env: str, map_root: Path) -> None:
     def where(_: int) -> tuple[str, str]:
         import os
@@ -96,5 +99,14 @@ def test_device_falls_back_to_cpu_on_simulated_gpus(pool_env: str, map_root: Pat
     m = htc.map(where, [0], root=map_root, request_gpus=1)
     device, visible = m.results(timeout=120)[0]
     assert visible.startswith("GPU-")  # HTCondor assigned a (simulated) GPU
-    assert device == "cpu"  # no CUDA device node here, so training falls back to the CPU
-    assert htc.device() in ("cpu", "cuda")
+    assert device == "cpu"  # torch sees no CUDA device, so training falls back to the CPU
+
+
+def test_device_is_cpu_without_a_usable_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tests install torch's CPU build (scripts/setup-env): it never reports CUDA.
+    assert not torch.cuda.is_available()
+    assert htc.device() == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-00000000")  # assigned, not usable
+    assert htc.device() == "cpu"
+    monkeypatch.setitem(sys.modules, "torch", None)  # no torch at all: import fails
+    assert htc.device() == "cpu"

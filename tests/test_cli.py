@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import htcml_jupyter as htc
+from htcml_jupyter.backends.bindings import pool_config
 from tests import helpers
+
+pytestmark = pytest.mark.pool
 
 
 def _htcml(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,16 +47,28 @@ def test_maps_status_cancel_clean(pool_env: str, map_root: Path) -> None:
     assert htc.list_maps(map_root) == []
 
 
-def test_pool_restarts_with_a_client_configuration_in_the_environment(pool: str) -> None:
-    """`htcml pool up` must not hand the client's CONDOR_CONFIG to the pool's daemons."""
-    import os
+def _master_start_time(config: str) -> int:
+    """When the pool's condor_master started, as its ad in the collector says."""
+    with pool_config(config) as htcondor2:
+        ads = htcondor2.Collector().query(htcondor2.AdType.Master,
+                                          projection=["DaemonStartTime"])
+    assert len(ads) == 1, ads
+    return int(ads[0]["DaemonStartTime"])
 
+
+def test_pool_up_with_a_client_configuration_in_the_environment(pool: str) -> None:
+    """`htcml pool up` must not hand the client's CONDOR_CONFIG to the pool's daemons or
+    tools.  On the running pool it checks the daemons through those tools, finds them
+    alive and leaves them running: with the client's CONDOR_CONFIG leaking through, they
+    would read the wrong configuration and the command would fail or start a second
+    condor_master."""
+    started = _master_start_time(pool)
     env = {**os.environ, "CONDOR_CONFIG": pool}
-    run = {"capture_output": True, "text": True, "timeout": 180, "env": env}
-    down = subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", "pool", "down"], **run)
-    assert down.returncode == 0 and "pool stopped" in down.stdout
-    up = subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", "pool", "up"], **run)
+    up = subprocess.run([sys.executable, "-m", "htcml_jupyter.cli", "pool", "up"],
+                        capture_output=True, text=True, timeout=180, env=env)
     assert up.returncode == 0, up.stderr
-    assert "8 CPUs" in up.stdout
+    assert "pool up" in up.stdout and "8 CPUs" in up.stdout, up.stdout
+    assert "starting condor_master" not in up.stderr, up.stderr
+    assert _master_start_time(pool) == started  # the same daemons: nothing was restarted
     status = _htcml("pool", "status")
     assert status.returncode == 0 and "pool up" in status.stdout

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import pytest
 
 import htcml_jupyter as htc
 from tests import helpers
+from tests.helpers import wait_until
 
 
 def test_local_map_results_errors_and_attach(map_root: Path) -> None:
@@ -25,9 +26,9 @@ def test_local_map_results_errors_and_attach(map_root: Path) -> None:
 
 def test_local_cancel_and_retry(map_root: Path, shared_tmp: Path) -> None:
     m = htc.map(helpers.nap, [600, 600], root=map_root, backend="local", chunksize=1)
-    deadline = time.time() + 30
-    while time.time() < deadline and m.status()["running"] < 2:
-        time.sleep(0.1)
+    workers = min(2, os.cpu_count() or 1)  # the local backend runs one job per CPU
+    wait_until(lambda: m.status()["running"] >= workers, timeout=30,
+               message=f"{workers} local jobs should be running")
     m.cancel()
     assert m.wait(timeout=30)
     assert m.status()["removed"] == 2

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
 import htcml_jupyter as htc
 from htcml_jupyter.views.magics import resolve_expression
+from tests.helpers import wait_until
 
 
 @pytest.fixture
-def shell(ip, pool_env: str, map_root: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def shell(ip: InteractiveShell, pool_env: str, map_root: Path,
+          monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
+    """The session's shell, its maps under ``map_root``, submitting to the pool."""
     monkeypatch.setenv("HTCML_HOME", str(map_root))
     (map_root / "maps").mkdir()
     (map_root / "maps").chmod(0o755)
@@ -21,25 +24,29 @@ def shell(ip, pool_env: str, map_root: Path, monkeypatch: pytest.MonkeyPatch):  
     return ip
 
 
-def test_htc_map_runs_cell_and_binds_handle(shell) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_htc_map_runs_cell_and_binds_handle(shell: InteractiveShell) -> None:
     shell.user_ns["xs"] = list(range(6))
     shell.run_cell_magic("htc_map", "--over xs --memory 256MB -o m --no-panel",
                          "import math\nOFFSET = 10\n\ndef shifted(x):\n    return x + OFFSET\n")
     assert "math" in shell.user_ns and shell.user_ns["OFFSET"] == 10  # the cell ran here
     m = shell.user_ns["m"]
     assert isinstance(m, htc.Map)
-    assert m.options["request_memory"] == "256MB"
+    assert m.options.request_memory == "256MB"
     assert m.results(timeout=120) == [x + 10 for x in range(6)]
 
 
-def test_htc_map_wait_binds_results(shell) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_htc_map_wait_binds_results(shell: InteractiveShell) -> None:
     shell.user_ns["params"] = {"a": [1, 2], "b": [10, 20, 30]}
     shell.run_cell_magic("htc_map", "--grid params --kwargs \"{'c': 100}\" --wait -o out "
                          "--no-panel", "def add(a, b, c):\n    return a + b + c\n")
     assert shell.user_ns["out"] == [a + b + 100 for a in (1, 2) for b in (10, 20, 30)]
 
 
-def test_htc_map_wait_with_failures_binds_then_raises(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_htc_map_wait_with_failures_binds_then_raises(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["xs"] = [1, 0, 2]
     result = shell.run_cell("%%htc_map --over xs --wait -o inv --no-panel\n"
                             "def inverse(x):\n    return 1 / x\n")
@@ -64,7 +71,9 @@ def test_htc_map_wait_with_failures_binds_then_raises(shell, capsys) -> None:  #
     ("--over __import__('os').system('true')", "def f(x):\n    return x\n", "too complex"),
     ("--grid xs", "def f(x):\n    return x\n", "dict of lists"),
 ])
-def test_usage_errors_submit_nothing(shell, line: str, cell: str, message: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_usage_errors_submit_nothing(shell: InteractiveShell, line: str, cell: str,
+                                     message: str) -> None:
     shell.user_ns["xs"] = [1, 2]
     shell.user_ns["g"] = {"a": [1]}
     before = htc.list_maps()
@@ -73,7 +82,8 @@ def test_usage_errors_submit_nothing(shell, line: str, cell: str, message: str) 
     assert htc.list_maps() == before
 
 
-def test_unpicklable_function_is_a_usage_error(shell) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_unpicklable_function_is_a_usage_error(shell: InteractiveShell) -> None:
     shell.user_ns["xs"] = [1]
     with pytest.raises(UsageError, match="nothing was submitted"):
         shell.run_cell_magic("htc_map", "--over xs --no-panel",
@@ -82,7 +92,9 @@ def test_unpicklable_function_is_a_usage_error(shell) -> None:  # type: ignore[n
     assert htc.list_maps() == []
 
 
-def test_line_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_line_magics(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["xs"] = [3, 0]
     shell.run_cell_magic("htc_map", "--over xs --name lm-demo -o m --no-panel",
                          "def inv(x):\n    return 1 / x\n")
@@ -107,7 +119,9 @@ def test_line_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
         shell.run_line_magic("htc_status", "no-such-map")
 
 
-def test_htc_cancel(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_htc_cancel(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["xs"] = [600]
     shell.run_cell_magic("htc_map", "--over xs -o slow --no-panel",
                          "def nap(s):\n    import time\n    time.sleep(s)\n")
@@ -117,7 +131,9 @@ def test_htc_cancel(shell, capsys) -> None:  # type: ignore[no-untyped-def]
     assert m.status()["removed"] == 1
 
 
-def test_htc_config_sets_defaults(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_htc_config_sets_defaults(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.run_line_magic("htc_config", "")
     listing = capsys.readouterr().out
     assert "request_memory" in listing and "chunksize" in listing
@@ -127,7 +143,7 @@ def test_htc_config_sets_defaults(shell, capsys) -> None:  # type: ignore[no-unt
         shell.run_cell_magic("htc_map", "--over xs -o m --no-panel",
                              "def ident(x):\n    return x\n")
         m = shell.user_ns["m"]
-        assert m.options["request_memory"] == "384MB" and m.options["request_cpus"] == 2
+        assert m.options.request_memory == "384MB" and m.options.request_cpus == 2
         m.cancel()
     finally:
         shell.run_line_magic("htc_config", "request_memory=1GB request_cpus=1")
@@ -135,8 +151,9 @@ def test_htc_config_sets_defaults(shell, capsys) -> None:  # type: ignore[no-unt
         shell.run_line_magic("htc_config", "memory=1GB")
 
 
-def test_help_is_complete(shell) -> None:  # type: ignore[no-untyped-def]
-    doc = shell.find_cell_magic("htc_map").__doc__
+def test_help_is_complete(ip: InteractiveShell) -> None:
+    doc = ip.find_cell_magic("htc_map").__doc__
+    assert doc is not None
     for flag in ("--over", "--grid", "--kwargs", "--gpus", "--memory", "--wait", "-o",
                  "--max-idle", "--image", "--files"):
         assert flag in doc
@@ -153,12 +170,14 @@ def test_resolve_expression_parses_without_eval() -> None:
         resolve_expression("data.__class__.__subclasses__()", ns)
 
 
-def test_panel_without_widget_frontend_prints_text(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_panel_without_widget_frontend_prints_text(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     shell.user_ns["xs"] = [1, 2]
     shell.run_cell_magic("htc_map", "--over xs -o m", "def ident(x):\n    return x\n")
     printed = capsys.readouterr().out
     assert "/ 2 done" in printed  # terminal IPython: the same information as text
     m = shell.user_ns["m"]
     assert m.wait(timeout=120)
-    time.sleep(0.1)
-    assert "2 / 2 done" in m._repr_html_()
+    wait_until(lambda: "2 / 2 done" in m._repr_html_(), timeout=10,
+               message="the map's HTML shows it finished")

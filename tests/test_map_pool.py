@@ -10,13 +10,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-import htcondor2
 import pytest
 
 import htcml_jupyter as htc
-from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.backends.bindings import pool_config
 from tests import helpers
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.pool
 
 AWKWARD = [
     'quote " double',
@@ -31,11 +34,14 @@ AWKWARD = [
 ]
 
 
+def _queue(config: str, constraint: str, projection: list[str]) -> list[Any]:
+    """The job ads in the pool's queue that match ``constraint``."""
+    with pool_config(config) as htcondor2:
+        return list(htcondor2.Schedd().query(constraint=constraint, projection=projection))
+
+
 def _queue_count(config: str, map_name: str) -> int:
-    activate_config(config)
-    ads = htcondor2.Schedd().query(constraint=f'HtcmlMap == "{map_name}"',
-                                   projection=["ClusterId"])
-    return len(ads)
+    return len(_queue(config, f'HtcmlMap == "{map_name}"', ["ClusterId"]))
 
 
 def test_results_in_item_order(pool_env: str, map_root: Path) -> None:
@@ -48,7 +54,7 @@ def test_results_in_item_order(pool_env: str, map_root: Path) -> None:
     assert m.errors == {} and m.holds == {}
     assert len(m.clusters) == 1  # one cluster for the whole map
     statuses = m.tasks()
-    assert {t.job_id.split(".")[0] for t in statuses} == {str(m.clusters[0])}
+    assert {str(t.job_id).split(".")[0] for t in statuses} == {str(m.clusters[0])}
     assert all(t.host for t in statuses)
 
 
@@ -167,9 +173,8 @@ def test_hold_is_reported_then_release_runs_it(pool_env: str, map_root: Path,
     data.write_text("payload")
     data.chmod(0o644)
     assert m.release() == 2
-    deadline = time.time() + 120
-    while time.time() < deadline and m.status()["done"] < 2:
-        time.sleep(0.5)
+    wait_until(lambda: m.status()["done"] == 2, timeout=120, interval=0.5,
+               message="the released items should finish")
     assert m.results() == ["0:payload", "1:payload"]
 
 
@@ -188,9 +193,8 @@ def test_retry_reruns_failed_and_held_items(pool_env: str, map_root: Path,
 
 def test_cancel_removes_jobs_and_keeps_finished_results(pool_env: str, map_root: Path) -> None:
     m = htc.map(helpers.nap, [0.1, 0.1, 600, 600], root=map_root, chunksize=1)
-    deadline = time.time() + 120
-    while time.time() < deadline and m.status()["done"] < 2:
-        time.sleep(0.3)
+    wait_until(lambda: m.status()["done"] == 2, timeout=120, interval=0.3,
+               message="the two short items should finish")
     m.cancel()
     assert m.wait(timeout=60)
     assert m.status() == {"idle": 0, "running": 0, "done": 2, "failed": 0, "held": 0,
@@ -214,11 +218,10 @@ def test_wait_timeout_returns_control(pool_env: str, map_root: Path) -> None:
 
 def test_job_removed_outside_is_settled(pool_env: str, map_root: Path) -> None:
     m = htc.map(helpers.nap, [600, 600], root=map_root, chunksize=1)
-    activate_config(pool_env)
-    deadline = time.time() + 60
-    while time.time() < deadline and not m.clusters:
-        time.sleep(0.2)
-    htcondor2.Schedd().act(htcondor2.JobAction.Remove, f"ClusterId == {m.clusters[0]}")
+    cluster = wait_until(lambda: m.clusters and m.clusters[0], timeout=60,
+                         message="the map has no cluster")
+    with pool_config(pool_env) as htcondor2:
+        htcondor2.Schedd().act(htcondor2.JobAction.Remove, f"ClusterId == {cluster}")
     assert m.wait(timeout=60)
     assert m.status()["removed"] == 2
 
@@ -266,17 +269,27 @@ def test_gpu_jobs_match_simulated_gpus(pool_env: str, map_root: Path) -> None:
 
 
 def test_max_idle_and_policy_options_reach_the_job_ad(pool_env: str, map_root: Path) -> None:
-    m = htc.map(helpers.nap, [600] * 3, root=map_root, chunksize=1, max_idle=2, priority=5,
+    # No machine matches, so every job the schedd materializes stays idle: with max_idle=2
+    # the cluster holds back the other three instead of queueing all five at once.
+    m = htc.map(helpers.nap, [600] * 5, root=map_root, chunksize=1, max_idle=2, priority=5,
+                requirements="HtcmlTestNoSuchMachine =?= True",
                 submit_extra={"My.HtcmlTestTag": '"tagged"'})
     try:
-        activate_config(pool_env)
-        deadline = time.time() + 30
-        ads: list = []
-        while time.time() < deadline and not ads:
-            ads = htcondor2.Schedd().query(constraint=f'HtcmlMap == "{m.name}"',
-                                           projection=["JobPrio", "HtcmlTestTag"])
-            time.sleep(0.2)
-        assert ads and all(ad["JobPrio"] == 5 and ad["HtcmlTestTag"] == "tagged" for ad in ads)
+        constraint = f'HtcmlMap == "{m.name}"'
+        ads = wait_until(lambda: _queue(pool_env, constraint,
+                                        ["ProcId", "JobStatus", "JobPrio", "HtcmlTestTag",
+                                         "JobMaterializeMaxIdle"]),
+                         timeout=30, message="the map's jobs should be in the queue")
+        assert all(ad.get("JobPrio") == 5 and ad.get("HtcmlTestTag") == "tagged"
+                   for ad in ads), ads
+        assert all(ad.get("JobMaterializeMaxIdle") == 2 for ad in ads), ads
+        for _ in range(10):  # several schedd cycles: never more than max_idle idle jobs
+            procs = _queue(pool_env, constraint, ["ProcId", "JobStatus"])
+            assert len(procs) <= 2 and all(ad["JobStatus"] == 1 for ad in procs), procs
+            time.sleep(0.5)
+        assert sorted(ad["ProcId"] for ad in procs) == [0, 1]
     finally:
         m.cancel()
-    assert m.wait(timeout=60)
+    wait_until(lambda: _queue_count(pool_env, m.name) == 0, timeout=60,
+               message="cancel should empty the queue of the map's jobs")
+    m.close()

@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
+pytestmark = pytest.mark.pool
+
 
 def _execute(name: str, workdir: Path, timeout: int = 600) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

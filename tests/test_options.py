@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from htcml_jupyter import auto_chunksize
@@ -35,7 +37,7 @@ def test_ill_typed_option_is_rejected(name: str, value: object) -> None:
         SubmitOptions.from_kwargs({name: value})
 
 
-def test_missing_input_file_names_the_path(tmp_path) -> None:
+def test_missing_input_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
     with pytest.raises(OptionError, match=r"nope\.csv"):
         SubmitOptions.from_kwargs({"input_files": [str(missing)]})

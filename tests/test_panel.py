@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-import htcondor2
 import pytest
 
 import htcml_jupyter as htc
-from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.engine.state import ItemState
 from htcml_jupyter.views.panel import MapPanel
 from htcml_jupyter.views.progress import render_html, render_text, snapshot
 from tests import helpers
+from tests.helpers import wait_until
 
 
-def _until(predicate, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
+def _until(predicate: Callable[[], object], timeout: float = 120) -> None:
+    wait_until(predicate, timeout, interval=0.2, message="the panel did not get there")
 
 
+@pytest.mark.pool
 def test_panel_turns_green_when_all_succeed(pool_env: str, map_root: Path) -> None:
     m = htc.map(helpers.square, range(10), root=map_root, chunksize=1)
     panel = MapPanel(m, interval=0.2)
@@ -42,6 +38,7 @@ def test_panel_turns_green_when_all_succeed(pool_env: str, map_root: Path) -> No
         panel.close()
 
 
+@pytest.mark.pool
 def test_panel_turns_red_lists_errors_and_retries(pool_env: str, map_root: Path,
                                                   shared_tmp: Path) -> None:
     flag = shared_tmp / "flag"
@@ -66,6 +63,7 @@ def test_panel_turns_red_lists_errors_and_retries(pool_env: str, map_root: Path,
         panel.close()
 
 
+@pytest.mark.pool
 def test_cancel_button_removes_the_jobs(pool_env: str, map_root: Path) -> None:
     m = htc.map(helpers.nap, [600, 600, 600], root=map_root, chunksize=1)
     panel = MapPanel(m, interval=0.2)
@@ -73,15 +71,16 @@ def test_cancel_button_removes_the_jobs(pool_env: str, map_root: Path) -> None:
         assert not panel.cancel_button.disabled
         panel.cancel_button.click()
         _until(lambda: panel.last is not None and panel.last.counts[ItemState.REMOVED] == 3)
-        activate_config(pool_env)
-        ads = htcondor2.Schedd().query(constraint=f'HtcmlMap == "{m.name}"',
-                                       projection=["ClusterId"])
+        with pool_config(pool_env) as htcondor2:
+            ads = htcondor2.Schedd().query(constraint=f'HtcmlMap == "{m.name}"',
+                                           projection=["ClusterId"])
         assert ads == []
         assert panel.progress.bar_style == "danger"
     finally:
         panel.close()
 
 
+@pytest.mark.pool
 def test_held_items_show_reason_and_release(pool_env: str, map_root: Path,
                                             shared_tmp: Path) -> None:
     data = shared_tmp / "in.txt"
@@ -113,7 +112,7 @@ def test_large_map_renders_a_bounded_number_of_widgets(map_root: Path) -> None:
         _until(lambda: panel.last is not None and panel.last.finished, timeout=180)
         assert len(panel.items.options) <= 50  # a summary, not 1,000 rows
 
-        def count(widget) -> int:  # type: ignore[no-untyped-def]
+        def count(widget: object) -> int:
             return 1 + sum(count(c) for c in getattr(widget, "children", ()))
 
         assert count(panel.widget) < 30
@@ -139,7 +138,7 @@ def test_text_and_html_are_escaped(map_root: Path) -> None:
 
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5 s"), (75, "1 min 15 s"),
                                                (3700, "1 h 01 min"), (None, "?")])
-def test_format_seconds(seconds, text) -> None:  # type: ignore[no-untyped-def]
+def test_format_seconds(seconds: float | None, text: str) -> None:
     from htcml_jupyter.views.progress import format_seconds
 
     assert format_seconds(seconds) == text

@@ -6,15 +6,16 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 
-from htcml_jupyter import runner
 from htcml_jupyter.engine.payload import dump_function, dump_items, payload_header
+from htcml_jupyter.jobside import runner
 from tests import helpers
 
 
-def _run(tmp_path: Path) -> tuple[int, list[dict]]:
+def _run(tmp_path: Path) -> tuple[int, list[dict[str, Any]]]:
     proc = subprocess.run([sys.executable, runner.__file__, "function.pkl", "items.pkl",
                            "outcome.pkl"], cwd=tmp_path, capture_output=True, text=True)
     with open(tmp_path / "outcome.pkl", "rb") as f:

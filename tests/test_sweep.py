@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import htcondor2
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 import htcml_jupyter as htc
-from htcml_jupyter.backends.condor import activate_config
+from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.jobside.job import local_reports
 from htcml_jupyter.training.sweeps import sample_space
+from tests.helpers import wait_until
 
 
-def decaying(lr: float, depth: int, epochs: int = 6, pause: float = 0.4) -> dict:
+def decaying(lr: float, depth: int, epochs: int = 6, pause: float = 0.4) -> dict[str, float]:
     import time
 
     import htcml_jupyter as htc
@@ -27,6 +30,7 @@ def decaying(lr: float, depth: int, epochs: int = 6, pause: float = 0.4) -> dict
     return {"final_loss": loss}
 
 
+@pytest.mark.pool
 def test_grid_sweep_with_median_stopping(pool_env: str, map_root: Path) -> None:
     # trials of about 5 s, so the watcher (once a second) sees them all while they run
     s = htc.sweep(decaying, grid={"lr": [0.02, 0.05, 0.3, 0.5], "depth": [1, 2]},
@@ -41,7 +45,8 @@ def test_grid_sweep_with_median_stopping(pool_env: str, map_root: Path) -> None:
     assert slow <= set(aborted)  # the slow learners were all stopped
     assert all(r.status == "done" for r in rows.values() if r.params["lr"] == 0.5)
     for t in aborted:
-        assert rows[t].reason and "median" in rows[t].reason
+        reason = rows[t].reason
+        assert reason and "median" in reason
         assert rows[t].steps >= 2 and "loss" in rows[t].metrics  # its last metrics are kept
         assert rows[t].evictions == 0
     assert s.status()["failed"] == 0  # aborted is not failed
@@ -49,9 +54,9 @@ def test_grid_sweep_with_median_stopping(pool_env: str, map_root: Path) -> None:
     assert best.params == {"lr": 0.5, "depth": 1}
     assert best.metrics["final_loss"] == pytest.approx(best.metrics["loss"])
     assert best.host
-    activate_config(pool_env)
-    assert htcondor2.Schedd().query(constraint=f'HtcmlMap == "{s.name}"',
-                                    projection=["ClusterId"]) == []
+    with pool_config(pool_env) as htcondor2:
+        assert htcondor2.Schedd().query(constraint=f'HtcmlMap == "{s.name}"',
+                                        projection=["ClusterId"]) == []
     again = htc.attach(s.name, root=map_root)
     assert isinstance(again, htc.Sweep)
     assert {r.trial: r.status for r in again.rows()} == {t: r.status for t, r in rows.items()}
@@ -59,6 +64,7 @@ def test_grid_sweep_with_median_stopping(pool_env: str, map_root: Path) -> None:
     s.close()
 
 
+@pytest.mark.pool
 def test_reports_arrive_while_the_job_runs(pool_env: str, map_root: Path) -> None:
     def slow_reporter(x: int) -> int:
         import time
@@ -72,9 +78,8 @@ def test_reports_arrive_while_the_job_runs(pool_env: str, map_root: Path) -> Non
 
     m = htc.map(slow_reporter, [1, 2], root=map_root, chunksize=1)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(m.reports(1)) < 3:
-            time.sleep(0.2)
+        wait_until(lambda: len(m.reports(1)) >= 3, timeout=120, interval=0.2,
+                   message="item 1 should report three steps")
         assert [r["value"] for r in m.reports(1)] == [20, 21, 22]
         assert [r["step"] for r in m.reports(0)] == [0, 1, 2]
         assert m.status()["running"] == 2  # seen while the jobs still run
@@ -83,12 +88,14 @@ def test_reports_arrive_while_the_job_runs(pool_env: str, map_root: Path) -> Non
         m.close()
 
 
+@pytest.mark.pool
 def test_random_search_repeat_and_custom_policy(pool_env: str, map_root: Path) -> None:
     space = {"lr": htc.loguniform(1e-3, 1.0), "depth": htc.choice([1, 2, 3]),
              "epochs": 3, "pause": 0.1}
     assert sample_space(space, 4, seed=7) == sample_space(space, 4, seed=7)
 
-    def stop_deep(trial: int, history: list, histories: dict) -> str | None:
+    def stop_deep(trial: int, history: list[dict[str, Any]],
+                  histories: dict[int, list[dict[str, Any]]]) -> str | None:
         return "too deep" if history and history[-1]["lr_seen"] > 0.5 else None
 
     s = htc.sweep(decaying, space=space, n_trials=3, repeat=2, seed=7, root=map_root,
@@ -110,8 +117,8 @@ def test_sweep_argument_errors(map_root: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         htc.sweep(decaying, grid={"lr": [1]}, mode="best", root=map_root, backend="local")
     with pytest.raises(TypeError, match="early_stop"):
-        htc.sweep(decaying, grid={"lr": [1]}, early_stop="median", root=map_root,
-                  backend="local")
+        htc.sweep(decaying, grid={"lr": [1]}, early_stop="median",  # type: ignore[arg-type]
+                  root=map_root, backend="local")
     with pytest.raises(ValueError, match="empty"):
         htc.sweep(decaying, grid={"lr": []}, root=map_root, backend="local")
     assert htc.list_maps(map_root) == []
@@ -149,7 +156,7 @@ def test_report_outside_a_job_is_kept_locally() -> None:
     (htc.MedianStopping("loss", min_trials=2), 1, None),
     (htc.MedianStopping("loss", min_trials=3), 0, None),  # too few peers to judge
 ])
-def test_policies(policy, trial: int, expect: str | None) -> None:  # type: ignore[no-untyped-def]
+def test_policies(policy: Callable[..., str | None], trial: int, expect: str | None) -> None:
     histories = {
         0: [{"step": 0, "loss": 0.9, "acc": 0.5}, {"step": 1, "loss": 0.8, "acc": 0.6},
             {"step": 2, "loss": 0.7, "acc": 0.6}],
@@ -164,6 +171,7 @@ def test_policies(policy, trial: int, expect: str | None) -> None:  # type: igno
         assert reason is not None and expect in reason
 
 
+@pytest.mark.pool
 def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> None:
     from htcml_jupyter.views.sweep_panel import SweepPanel
 
@@ -171,9 +179,8 @@ def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> N
                                   "pause": [0.2]}, metric="loss", root=map_root)
     panel = SweepPanel(s, interval=0.3)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (panel.last and panel.last.finished):
-            time.sleep(0.2)
+        wait_until(lambda: panel.last is not None and panel.last.finished, timeout=120,
+                   interval=0.2, message="the sweep panel should show the sweep finished")
         panel.update()
         assert panel.label.value == "2 / 2 done"
         assert list(panel.metric_choice.options) == ["loss", "lr_seen"]
@@ -190,7 +197,8 @@ def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> N
         s.close()
 
 
-def test_magic_random_search_with_policy(ip, pool_env: str, map_root: Path,  # type: ignore[no-untyped-def]
+@pytest.mark.pool
+def test_magic_random_search_with_policy(ip: InteractiveShell, pool_env: str, map_root: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTCML_HOME", str(map_root))
     shell = ip

@@ -8,143 +8,23 @@ jobs that vanished without a terminal event).
 
 from __future__ import annotations
 
-import json
 import os
-import re
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..engine.errors import PoolUnavailable
+from ..engine.errors import HTCMLError, PoolUnavailable
 from ..engine.options import SubmitOptions, size_in_mb
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
-from ..jobside import wire
 from .bindings import pool_config
+from .condor_events import CondorEventReader
 from .resources import PoolResources, collector_resources
 from .submit_description import submit_description
 
 T = TypeVar("T")
-
-_EVENT_KINDS = {
-    "SUBMIT": EventKind.SUBMITTED,
-    "EXECUTE": EventKind.STARTED,
-    "JOB_EVICTED": EventKind.EVICTED,
-    "JOB_RECONNECT_FAILED": EventKind.EVICTED,
-    "JOB_HELD": EventKind.HELD,
-    "JOB_RELEASED": EventKind.RELEASED,
-    "JOB_TERMINATED": EventKind.FINISHED,
-    "JOB_ABORTED": EventKind.REMOVED,
-}
-
-_HOST = re.compile(r"alias=([^&>]+)")
-
-
-def _detail(kind: EventKind, event: Any) -> dict[str, Any]:
-    detail: dict[str, Any] = {"job_id": f"{event.cluster}.{event.proc}"}
-    if kind is EventKind.STARTED:
-        host = str(event.get("ExecuteHost", ""))
-        m = _HOST.search(host)
-        detail["host"] = m.group(1) if m else str(event.get("SlotName", host))
-    elif kind is EventKind.HELD:
-        detail["reason"] = str(event.get("HoldReason", "held"))
-        code = event.get("HoldReasonCode")
-        detail["code"] = int(code) if code is not None else None
-    elif kind is EventKind.FINISHED:
-        if event.get("TerminatedNormally", True):
-            detail["exit_code"] = int(event.get("ReturnValue", 0))
-        else:
-            detail["exit_code"] = -int(event.get("TerminatedBySignal", 1))
-    elif kind is EventKind.REMOVED:
-        detail["reason"] = str(event.get("Reason", "removed"))
-    return detail
-
-
-class CondorEventReader:
-    """Reads new events from a map's job event log and names the task of each."""
-
-    def __init__(self, store: MapStore):
-        self.store = store
-        self._log: Any = None
-        self._job_task: dict[tuple[int, int], int] = {}
-        self._clusters: set[int] = set()
-
-    def _learn_submissions(self) -> None:
-        for sub in self.store.submissions():
-            cluster = int(sub["cluster"])
-            if cluster not in self._clusters:
-                self._clusters.add(cluster)
-                for proc, task in enumerate(sub["tasks"]):
-                    self._job_task[(cluster, proc)] = int(task)
-
-    def job_tasks(self) -> dict[tuple[int, int], int]:
-        """``{(cluster, proc): task}`` for every job submitted so far."""
-        self._learn_submissions()
-        return dict(self._job_task)
-
-    @property
-    def clusters(self) -> set[int]:
-        self._learn_submissions()
-        return set(self._clusters)
-
-    def read(self) -> list[TaskEvent]:
-        import htcondor2
-
-        if self._log is None:
-            if not self.store.event_log.exists():
-                return []
-            self._log = htcondor2.JobEventLog(str(self.store.event_log))
-        out: list[TaskEvent] = []
-        for event in self._log.events(stop_after=0):
-            if event.type.name == "ATTRIBUTE_UPDATE":
-                report = self._report(event)
-                if report is not None:
-                    out.append(report)
-                continue
-            if event.type.name == "CLUSTER_REMOVE":
-                # Late materialization: jobs never materialized end with their cluster.
-                self._learn_submissions()
-                out.extend(TaskEvent(task, EventKind.REMOVED, float(event.timestamp),
-                                     {"reason": "its cluster was removed"})
-                           for (cluster, _), task in self._job_task.items()
-                           if cluster == event.cluster)
-                continue
-            kind = _EVENT_KINDS.get(event.type.name)
-            if kind is None:
-                continue
-            key = (event.cluster, event.proc)
-            if key not in self._job_task:
-                self._learn_submissions()
-            task = self._job_task.get(key)
-            if task is None:
-                continue
-            out.append(TaskEvent(task, kind, float(event.timestamp), _detail(kind, event)))
-        return out
-
-    def _report(self, event: Any) -> TaskEvent | None:
-        if event.get("Attribute") != wire.REPORT_ATTRIBUTE:
-            return None
-        key = (event.cluster, event.proc)
-        if key not in self._job_task:
-            self._learn_submissions()
-        task = self._job_task.get(key)
-        if task is None:
-            return None
-        try:
-            value = event.get("Value")
-            text = json.loads(value) if isinstance(value, str) and value.startswith('"') else value
-            records = json.loads(text)
-        except (TypeError, ValueError):
-            return None
-        return TaskEvent(task, EventKind.REPORTED, float(event.timestamp),
-                         {"records": records})
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
 
 class CondorBackend:
     """Submits to and acts on one HTCondor pool, named by its client configuration.
@@ -172,20 +52,33 @@ class CondorBackend:
 
     def _with_schedd(self, action: Callable[[Any, Any], T], what: str) -> T:
         """Run ``action(htcondor2, schedd)`` under this pool's configuration; a failure
-        becomes :class:`PoolUnavailable` naming ``what`` was being done."""
-        with pool_config(self.config) as htcondor2:
-            try:
-                schedd = htcondor2.Schedd()
-            except Exception as exc:
-                raise PoolUnavailable(
-                    f"cannot reach the schedd of {self.description}: {exc}. Start the "
-                    f"project's pool with `htcml pool up`, or check CONDOR_CONFIG") from exc
-            try:
-                return action(htcondor2, schedd)
-            except PoolUnavailable:
-                raise
-            except Exception as exc:
-                raise PoolUnavailable(f"{what} on {self.description} failed: {exc}") from exc
+        becomes :class:`PoolUnavailable` naming ``what`` was being done.
+
+        A schedd that restarted rejects the security session this process cached
+        ("SECMAN:2004"); the bindings drop that session with the error, so the call is
+        made once more, with a new session, before anything is reported.
+        """
+        for attempt in (1, 2):
+            with pool_config(self.config) as htcondor2:
+                try:
+                    schedd = htcondor2.Schedd()
+                except Exception as exc:
+                    if attempt == 1 and _stale_session(exc):
+                        continue
+                    raise PoolUnavailable(
+                        f"cannot reach the schedd of {self.description}: {exc}. Start the "
+                        f"project's pool with `htcml pool up`, or check CONDOR_CONFIG"
+                    ) from exc
+                try:
+                    return action(htcondor2, schedd)
+                except PoolUnavailable:
+                    raise
+                except Exception as exc:
+                    if attempt == 1 and _stale_session(exc):
+                        continue
+                    raise PoolUnavailable(
+                        f"{what} on {self.description} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def check_reachable(self) -> str:
         """Return the schedd's name, or raise :class:`PoolUnavailable`."""
@@ -245,15 +138,33 @@ class CondorBackend:
 
     def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
                batch_name: str) -> int:
-        commands = submit_description(store, options, batch_name=batch_name)
+        from ..environment import job_launch
+
+        launch = job_launch(store, options, self)
+        token = secrets.token_hex(8)
+        commands = submit_description(store, options, batch_name=batch_name, launch=launch,
+                                      token=token)
         itemdata = [{"task": str(t)} for t in tasks]
+        store.add_pending_submission(token, tasks)  # before the jobs exist
 
         def send(htcondor2: Any, schedd: Any) -> int:
             result = schedd.submit(htcondor2.Submit(commands), itemdata=iter(itemdata))
             return int(result.cluster())
 
-        cluster = self._with_schedd(send, "submitting")
-        store.add_submission(cluster, tasks)
+        try:
+            cluster = self._with_schedd(send, "submitting")
+        except BaseException:
+            store.resolve_pending(token, None)  # the schedd did not take them
+            raise
+        try:
+            store.add_submission(cluster, tasks, token)
+        except BaseException as exc:
+            # Jobs nobody can follow would run unseen: take them back out of the queue.
+            self._act("Remove", f'ClusterId == {cluster} && HtcmlMap == "{store.name}"',
+                      "its map could not record the submission")
+            raise HTCMLError(f"cluster {cluster} was queued, but recording it in {store.path} "
+                             f"failed ({type(exc).__name__}: {exc}); its jobs were removed "
+                             f"again. Free space in the map folder and submit again") from exc
         return cluster
 
     def event_reader(self, store: MapStore) -> CondorEventReader:
@@ -261,6 +172,27 @@ class CondorBackend:
 
     def job_id(self, cluster: int, position: int, task: int) -> str:
         return f"{cluster}.{position}"
+
+    def recover_submissions(self, store: MapStore) -> None:
+        """Settle submissions a dead process noted but never confirmed: find their jobs
+        (in the queue, or in the schedd's history when they already left it) by the
+        token they carry, or record that they were never queued."""
+        for token, tasks in store.pending_submissions().items():
+            constraint = f'HtcmlMap == "{store.name}" && HtcmlSubmission == "{token}"'
+
+            def find(_h: Any, schedd: Any, constraint: str = constraint) -> int | None:
+                ads = schedd.query(constraint=constraint, projection=["ClusterId"], limit=1)
+                if not ads:
+                    ads = list(schedd.history(constraint, ["ClusterId"], match=1))
+                return int(ads[0]["ClusterId"]) if ads else None
+
+            cluster = self._with_schedd(find, "looking for an unconfirmed submission")
+            if cluster is not None:
+                store.add_submission(cluster, tasks, token)
+            else:
+                store.resolve_pending(token, None)
+                store.add_unsubmitted(tasks, "the submitting process ended before its jobs "
+                                             "were queued; retry() runs these items")
 
     def _act(self, action_name: str, what: str | list[str], reason: str) -> None:
         def act(htcondor2: Any, schedd: Any) -> None:
@@ -288,7 +220,12 @@ class CondorBackend:
         self._act_on_jobs("Vacate", job_ids, "evicted by htcml_jupyter")
 
     def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
-        """Events for unsettled jobs that are no longer in the queue at all."""
+        """``VANISHED`` events for unsettled jobs that are no longer in the queue.
+
+        A job not yet materialized (``max_idle``: late materialization) is not in the
+        queue either; it is left alone while its cluster still has jobs queued and the
+        log never showed it submitted.
+        """
         job_of: dict[int, str] = {}
         clusters: set[int] = set()
         for sub in store.submissions():
@@ -308,11 +245,22 @@ class CondorBackend:
         except PoolUnavailable:
             return []  # cannot tell; try again later
         present = {f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads}
+        queued_clusters = {int(ad["ClusterId"]) for ad in ads}
         out = []
         for status in table.tasks.values():
             if status.phase.value in ("finished", "removed"):
                 continue
-            if job_of.get(status.task, status.job_id) not in present:
-                out.append(TaskEvent(status.task, EventKind.REMOVED, time.time(), {
-                    "reason": "the job left the queue without a terminal event in the log"}))
+            job = job_of.get(status.task, status.job_id)
+            if job is None or job in present:
+                continue
+            if status.submitted is None and int(job.split(".")[0]) in queued_clusters:
+                continue  # waiting to be materialized
+            out.append(TaskEvent(status.task, EventKind.VANISHED, time.time(), {
+                "reason": "the job left the queue without a terminal event in the log"}))
         return out
+
+
+def _stale_session(exc: Exception) -> bool:
+    """Whether a binding error says the daemon rejected a cached security session."""
+    text = str(exc)
+    return "SECMAN:2004" in text or "rejected our session" in text

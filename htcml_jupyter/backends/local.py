@@ -32,6 +32,8 @@ from ..jobside import job, runner, wire
 from .resources import PoolResources, local_resources
 
 EVENTS = "local-events.jsonl"
+#: What the executor runs as (``python -m``); also how a live executor is recognised.
+EXECUTOR_MODULE = "htcml_jupyter.backends.local"
 
 
 def _append_event(store: MapStore, task: int, kind: EventKind, **detail: Any) -> None:
@@ -100,6 +102,9 @@ class LocalBackend:
     def job_id(self, cluster: int, position: int, task: int) -> str:
         return f"local.{task}"
 
+    def recover_submissions(self, store: MapStore) -> None:
+        """Local submissions are recorded before their executor starts: nothing to do."""
+
     def resources(self) -> PoolResources:
         return local_resources(self.workers, self.description)
 
@@ -114,7 +119,7 @@ class LocalBackend:
         python = options.python or sys.executable
         log = (store.path / "logs" / f"executor-{submission}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "htcml_jupyter.backends.local", str(store.path),
+            [sys.executable, "-m", EXECUTOR_MODULE, str(store.path),
              "--tasks", ",".join(map(str, tasks)), "--workers", str(self.workers),
              "--python", python, *[a for f in options.input_files for a in ("--input", f)]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -151,7 +156,9 @@ class LocalBackend:
         for cluster in clusters:
             pid_file = store.path / "logs" / f"executor-{-cluster}.pid"
             try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                pid = int(pid_file.read_text())
+                if _is_executor_of(pid, store):  # never a process that reused the pid
+                    os.kill(pid, signal.SIGTERM)
             except (OSError, ValueError):
                 continue
 
@@ -163,22 +170,23 @@ class LocalBackend:
                          f"HTCondor pool")
 
     def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
-        alive = any(_alive(pid) for pid in self._pids(store))
+        alive = any(_is_executor_of(pid, store) for pid in self._pids(store))
         if alive:
             return []
-        return [TaskEvent(t.task, EventKind.REMOVED, time.time(),
+        return [TaskEvent(t.task, EventKind.VANISHED, time.time(),
                           {"reason": "the local executor stopped before this job finished"})
                 for t in table.tasks.values() if t.phase.value not in ("finished", "removed")]
 
 
-def _alive(pid: int) -> bool:
+def _is_executor_of(pid: int, store: MapStore) -> bool:
+    """Whether ``pid`` is alive and is this map's executor (pids are reused: a stale pid
+    file may name an unrelated process)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return EXECUTOR_MODULE.encode() in args and str(store.path).encode() in args
 
 
 # ---------------------------------------------------------------------- executor

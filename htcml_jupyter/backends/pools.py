@@ -6,7 +6,9 @@ project's own pool when it is up; otherwise local subprocesses, with a notice
 (``HTCML_LOCAL_FALLBACK=0`` turns the fallback into an error).
 
 A pool is named by ``"local"``, ``"project"`` (the project's pool, see ``htcml pool
-up``) or the path of an HTCondor client configuration file.
+up``), ``"isolated"`` (the project's isolated pool, whose execute nodes share no files
+with this machine, see ``htcml pool up --isolated``) or the path of an HTCondor client
+configuration file.
 """
 
 from __future__ import annotations
@@ -31,7 +33,18 @@ class LocalFallbackNotice(UserWarning):
     """No HTCondor pool was found, so a map runs in local processes."""
 
 
-warnings.simplefilter("always", LocalFallbackNotice)  # a notice each time, never hidden
+def _notice(message: str) -> None:
+    """Warn with :class:`LocalFallbackNotice` every time, not once per place: the
+    warning goes through :func:`warnings.warn_explicit` without a registry (so it is not
+    deduplicated) and the process's warning filters are left alone."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+            "htcml_jupyter"):
+        frame = frame.f_back
+    warnings.warn_explicit(message, LocalFallbackNotice, frame.f_code.co_filename,
+                           frame.f_lineno, module=frame.f_globals.get("__name__"))
 
 def project_backend() -> CondorBackend | None:
     """The project's pool when ``htcml pool up`` started it, else None."""
@@ -43,6 +56,23 @@ def project_backend() -> CondorBackend | None:
                          shared_paths=state.shared_paths)
 
 
+def isolated_backend() -> CondorBackend | None:
+    """The project's isolated pool when ``htcml pool up --isolated`` started it, else None.
+
+    Returns
+    -------
+    CondorBackend or None
+        A backend for its client configuration; map folders must lie under a folder
+        its submit side sees (``/tmp``, ``/home``, ``$HTCML_HOME``).
+    """
+    state = devpool.running_state(isolated=True)
+    if state is None:
+        return None
+    return CondorBackend(state.client_config, description="the project's isolated pool",
+                         job_uid=state.job_uid if os.geteuid() == 0 else None,
+                         shared_paths=state.shared_paths)
+
+
 def _named(pool: str) -> Backend:
     if pool == "local":
         return LocalBackend()
@@ -51,13 +81,19 @@ def _named(pool: str) -> Backend:
         if backend is None:
             raise PoolUnavailable("the project's pool is not up: start it with `htcml pool up`")
         return backend
+    if pool == "isolated":
+        backend = isolated_backend()
+        if backend is None:
+            raise PoolUnavailable("the project's isolated pool is not up: start it with "
+                                  "`htcml pool up --isolated`")
+        return backend
     path = Path(pool).expanduser()
     if not path.is_file():
-        raise PoolUnavailable(f"pool {pool!r} is neither 'local', 'project' nor an HTCondor "
-                              f"configuration file; {_HOW_TO}")
-    project = project_backend()
-    if project is not None and os.path.realpath(path) == os.path.realpath(str(project.config)):
-        return project
+        raise PoolUnavailable(f"pool {pool!r} is neither 'local', 'project', 'isolated' nor "
+                              f"an HTCondor configuration file; {_HOW_TO}")
+    for own in (project_backend(), isolated_backend()):
+        if own is not None and os.path.realpath(path) == os.path.realpath(str(own.config)):
+            return own
     return CondorBackend(str(path))
 
 
@@ -94,10 +130,9 @@ def resolve_backend(pool: str | None = None, backend: str | None = None,
             pass
     if backend == "condor" or not _fallback_allowed(fallback):
         raise PoolUnavailable(f"no HTCondor pool is reachable: {_HOW_TO}")
-    warnings.warn("no HTCondor pool found, so this map runs in local processes. To use a "
-                  "pool, start the project's pool with `htcml pool up` or point "
-                  "CONDOR_CONFIG at your pool's configuration (HTCML_LOCAL_FALLBACK=0 makes "
-                  "this an error).", LocalFallbackNotice, stacklevel=3)
+    _notice("no HTCondor pool found, so this map runs in local processes. To use a pool, "
+            "start the project's pool with `htcml pool up` or point CONDOR_CONFIG at your "
+            "pool's configuration (HTCML_LOCAL_FALLBACK=0 makes this an error).")
     return LocalBackend()
 
 

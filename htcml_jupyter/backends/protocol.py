@@ -75,6 +75,11 @@ class Backend(Protocol):
         ``task``), before any event named it."""
         ...
 
+    def recover_submissions(self, store: MapStore) -> None:
+        """Settle the submissions a dead process noted but never confirmed (see
+        :meth:`MapStore.pending_submissions`), so no job is left unfollowed."""
+        ...
+
     def remove_jobs(self, store: MapStore, job_ids: list[str], reason: str) -> None:
         """Remove these jobs of the map (early abort, held jobs before a retry)."""
         ...

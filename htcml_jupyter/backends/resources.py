@@ -31,14 +31,6 @@ class PoolResources:
                 f"  GPUs   {self.gpus_free} free of {self.gpus_total}")
 
 
-def pool_resources(pool: str | None = None) -> PoolResources:
-    """What the pool new maps would use offers: slots, CPUs, memory and GPUs, in total
-    and free now (``pool`` as for :func:`htcml_jupyter.map`)."""
-    from .pools import resolve_backend
-
-    return resolve_backend(pool).resources()
-
-
 def collector_resources(config: str | None, description: str = "") -> PoolResources:
     """Ask a pool's collector what its execute slots offer."""
     with pool_config(config) as htcondor2:

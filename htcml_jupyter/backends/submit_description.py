@@ -45,17 +45,18 @@ def job_side_files() -> list[str]:
             str(Path(htchirp.__file__))]
 
 
-def _quote_path(path: str) -> str:
-    if any(c in path for c in "\n\r\"$,"):
+def _checked_path(path: str) -> str:
+    if any(c in path for c in ("\n", "\r", '"', ",", "$(")):
         raise OptionError(f"the path {path!r} cannot be used in a submit description "
-                          f"(it holds a newline, a quote, '$' or ','); choose a map folder "
-                          f"(HTCML_HOME) without them")
+                          f"(it holds a newline, a quote, ',' or '$('); choose a map folder "
+                          f"(HTCML_HOME) and file names without them")
     return path
 
 
 def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: str,
                        launch: JobLaunch | None = None,
-                       job_files: list[str] | None = None) -> dict[str, str]:
+                       job_files: list[str] | None = None,
+                       token: str | None = None) -> dict[str, str]:
     """The submit commands of one submission of ``store``'s map (one job per task,
     ``$(task)`` from the itemdata)."""
     clash = sorted(k for k in options.submit_extra if k.lower() in RESERVED_COMMANDS)
@@ -65,7 +66,7 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
     launch = launch or default_launch(options)
     files = job_files if job_files is not None else job_side_files()
     inputs = [*files, *launch.input_files, str(store.function_file), *options.input_files,
-              "inputs/task-$(task).pkl"]
+              *(str(p) for p in store.seed_files())]
     environment = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
                    **launch.environment}
     arguments = [*launch.arguments_prefix, "runner.py", "function.pkl", "task-$(task).pkl",
@@ -75,15 +76,20 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "executable": launch.executable,
         "transfer_executable": "true" if launch.transfer_executable else "false",
         "arguments": " ".join(arguments),
-        "initialdir": _quote_path(str(store.path)),
-        "transfer_input_files": ", ".join(_quote_path(p) for p in inputs),
+        "initialdir": _checked_path(str(store.path)),
+        "transfer_input_files": ", ".join([*(_checked_path(p) for p in inputs),
+                                           "inputs/task-$(task).pkl"]),
         "should_transfer_files": "YES",
-        "when_to_transfer_output": "ON_EXIT",
-        "transfer_output_files": "outcome.pkl",
-        "transfer_output_remaps": '"outcome.pkl = outputs/task-$(task).pkl"',
+        # On an eviction the outcome so far and the saved checkpoints go to the schedd's
+        # spool and come back with the restarted job, which resumes from the last save
+        # and skips finished items (both exist from the start: the seed files).
+        "when_to_transfer_output": "ON_EXIT_OR_EVICT",
+        "transfer_output_files": f"outcome.pkl, {wire.CHECKPOINT_DIR}",
+        "transfer_output_remaps": (f'"outcome.pkl = outputs/task-$(task).pkl; '
+                                   f'{wire.CHECKPOINT_DIR} = logs/checkpoint-task-$(task)"'),
         "output": "logs/task-$(task).out",
         "error": "logs/task-$(task).err",
-        "log": _quote_path(str(store.event_log)),
+        "log": _checked_path(str(store.event_log)),
         "log_xml": "true",
         "submit_event_notes": "task $(task)",
         "job_max_vacate_time": "5",
@@ -91,6 +97,7 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "batch_name": batch_name,
         "My.HtcmlMap": f'"{store.name}"',
         "My.HtcmlTask": "$(task)",
+        **({"My.HtcmlSubmission": f'"{token}"'} if token else {}),
         # live reports (htcml_jupyter.report) go through chirp to the event log
         "My.WantIOProxy": "true",
         # self-checkpointing (htcml_jupyter.checkpoint): exit 85 spools the folder

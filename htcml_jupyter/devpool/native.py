@@ -11,14 +11,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..devpool import (
+from .common import (
     ROOTFS_EXTRA,
     TUNING,
     PoolError,
     PoolState,
-    _run,
-    _say,
-    _write_client_config,
+    run,
+    say,
+    write_client_config,
 )
 
 # A personal pool: every daemon runs as the current user, and so do the jobs.  The
@@ -150,18 +150,18 @@ def up_native(state_dir: Path, num_cpus: int) -> PoolState:
         daemon_config.write_text(_native_config(
             local, user, num_cpus, _native_release_paths(daemon_config),
             _native_port(daemon_config)))
-        _say("starting condor_master")
-        _run(["condor_master", "-pidfile", str(local / "run/master.pid")], env=env)
+        say("starting condor_master")
+        run(["condor_master", "-pidfile", str(local / "run/master.pid")], env=env)
     _wait_native_ready(env, local / "log")
-    collector, uid_domain, address_file = _run(
+    collector, uid_domain, address_file = run(
         ["condor_config_val", "COLLECTOR_HOST", "UID_DOMAIN", "SCHEDD_ADDRESS_FILE"],
         env=env).split()
-    schedd = _run(["condor_status", "-schedd", "-af", "Name"], env=env).split()
-    token = _run(["condor_token_create", "-identity", f"{user}@{uid_domain}"], env=env)
+    schedd = run(["condor_status", "-schedd", "-af", "Name"], env=env).split()
+    token = run(["condor_token_create", "-identity", f"{user}@{uid_domain}"], env=env)
     state = PoolState(mode="native", state_dir=str(state_dir), client_config="",
                       job_user=user, job_uid=os.getuid(), shared_paths=["/"],
                       started=time.time())
-    _write_client_config(state, token)
+    write_client_config(state, token)
     with open(state.client_config, "a") as f:
         # The schedd of a personal pool is named user@host: tell clients where it is.
         f.write(f"COLLECTOR_HOST = {collector}\n"

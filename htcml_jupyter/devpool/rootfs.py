@@ -15,7 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..devpool import (
+from ..paths import htcml_home
+from .common import (
     POOL_UID,
     POOL_USER,
     ROOTFS_EXTRA,
@@ -23,61 +24,93 @@ from ..devpool import (
     TUNING,
     PoolError,
     PoolState,
-    _interpreter_paths,
-    _is_mounted,
-    _run,
-    _say,
-    _write_client_config,
     chroot_env,
+    interpreter_paths,
+    is_mounted,
+    run,
+    say,
+    write_client_config,
 )
-from ..paths import htcml_home
 
 
-def _ensure_rootfs(rootfs: Path) -> None:
+def ensure_rootfs(rootfs: Path) -> None:
+    """Make a Debian 13 root with ``minicondor`` at ``rootfs`` unless it is ready.
+
+    Parameters
+    ----------
+    rootfs
+        The root's folder; a ``.htcml-ready`` file in it marks it finished.
+    """
     marker = rootfs / ".htcml-ready"
     if marker.exists():
         return
     if shutil.which("debootstrap") is None:
-        _say("installing debootstrap")
-        _run(["apt-get", "update", "-qq"])
-        _run(["apt-get", "install", "-y", "-qq", "debootstrap"],
+        say("installing debootstrap")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "debootstrap"],
              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if not (rootfs / "usr/bin").exists():
-        _say(f"building a Debian {ROOTFS_SUITE} root in {rootfs} (about 30 s)")
+        say(f"building a Debian {ROOTFS_SUITE} root in {rootfs} (about 30 s)")
         partial = rootfs.with_name(rootfs.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        _run(["debootstrap", "--variant=minbase", ROOTFS_SUITE, str(partial)])
+        run(["debootstrap", "--variant=minbase", ROOTFS_SUITE, str(partial)])
         partial.rename(rootfs)
-    _say("installing minicondor in the root (about 20 s)")
+    say("installing minicondor in the root (about 20 s)")
     shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["chroot", str(rootfs), "apt-get", "update", "-qq"], env=env)
-    _run(["chroot", str(rootfs), "apt-get", "install", "-y", "-qq",
+    run(["chroot", str(rootfs), "apt-get", "update", "-qq"], env=env)
+    run(["chroot", str(rootfs), "apt-get", "install", "-y", "-qq",
           "--no-install-recommends", "minicondor"], env=env)
     marker.write_text("ok\n")
 
 
-def _ensure_user(rootfs: Path | None) -> int:
-    """The ordinary user jobs run as, with the same uid on the host and in the root."""
+def ensure_user(rootfs: Path | None) -> int:
+    """Make sure the job user exists on the host and in ``rootfs``, with one uid.
+
+    Parameters
+    ----------
+    rootfs
+        A Debian root that needs the user too, or None for the host alone.
+
+    Returns
+    -------
+    int
+        The job user's uid.
+    """
     try:
         uid = pwd.getpwnam(POOL_USER).pw_uid
     except KeyError:
-        _run(["useradd", "--uid", str(POOL_UID), "--user-group", "--no-create-home",
+        run(["useradd", "--uid", str(POOL_UID), "--user-group", "--no-create-home",
               "--shell", "/usr/sbin/nologin", POOL_USER])
         uid = pwd.getpwnam(POOL_USER).pw_uid
     if rootfs is not None:
-        inside = _run(["chroot", str(rootfs), "getent", "passwd", POOL_USER], check=False)
+        inside = run(["chroot", str(rootfs), "getent", "passwd", POOL_USER], check=False)
         if not inside.strip():
-            _run(["chroot", str(rootfs), "useradd", "--uid", str(uid), "--user-group",
+            run(["chroot", str(rootfs), "useradd", "--uid", str(uid), "--user-group",
                   "--no-create-home", "--shell", "/usr/sbin/nologin", POOL_USER])
     return uid
 
 
-def _bind(source: str, rootfs: Path, mounts: list[str], *, read_only: bool = False,
+def bind(source: str, rootfs: Path, mounts: list[str], *, read_only: bool = False,
           recursive: bool = False) -> None:
+    """Bind-mount the host folder ``source`` at the same path inside ``rootfs``.
+
+    Parameters
+    ----------
+    source
+        The host folder (or file).
+    rootfs
+        The root to mount it in.
+    mounts
+        The list of mount points made so far; the new one is appended.
+    read_only
+        Remount the bind read-only.
+    recursive
+        Bind with the mounts below ``source`` (and keep them from propagating back).
+    """
     target = rootfs / source.lstrip("/")
-    if _is_mounted(str(target)):
+    if is_mounted(str(target)):
         if str(target) not in mounts:
             mounts.append(str(target))
         return
@@ -88,35 +121,49 @@ def _bind(source: str, rootfs: Path, mounts: list[str], *, read_only: bool = Fal
         while parent != rootfs and parent.stat().st_mode & 0o011 != 0o011:
             parent.chmod(parent.stat().st_mode | 0o711)
             parent = parent.parent
-    _run(["mount", "--rbind" if recursive else "--bind", source, str(target)])
+    run(["mount", "--rbind" if recursive else "--bind", source, str(target)])
     if recursive:
-        _run(["mount", "--make-rslave", str(target)])
+        run(["mount", "--make-rslave", str(target)])
     if read_only:
-        _run(["mount", "-o", "remount,ro,bind", str(target)])
+        run(["mount", "-o", "remount,ro,bind", str(target)])
     mounts.append(str(target))
 
 
 def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
+    """Start the shared pool in a Debian root under ``state_dir`` (as root).
+
+    Parameters
+    ----------
+    state_dir
+        The pool's state folder; the root lies in ``rootfs`` inside it.
+    num_cpus
+        The CPUs the execute side offers.
+
+    Returns
+    -------
+    PoolState
+        How to reach the pool and what to undo.
+    """
     if os.geteuid() != 0:
         raise PoolError("starting the pool in a Debian root needs root; install HTCondor "
                         "(apt-get install minicondor) or run `htcml pool up` as root")
     rootfs = state_dir / "rootfs"
-    _ensure_rootfs(rootfs)
-    uid = _ensure_user(rootfs)
+    ensure_rootfs(rootfs)
+    uid = ensure_user(rootfs)
     mounts: list[str] = []
     proc_dir = rootfs / "proc"
-    if not _is_mounted(str(proc_dir)):
-        _run(["mount", "-t", "proc", "proc", str(proc_dir)])
+    if not is_mounted(str(proc_dir)):
+        run(["mount", "-t", "proc", "proc", str(proc_dir)])
     mounts.append(str(proc_dir))
-    _bind("/dev", rootfs, mounts, recursive=True)
+    bind("/dev", rootfs, mounts, recursive=True)
     shm = rootfs / "dev/shm"
     shared = ["/tmp", "/home", str(htcml_home())]
     for path in shared:
         Path(path).mkdir(parents=True, exist_ok=True)
-        _bind(path, rootfs, mounts)
-    for path in _interpreter_paths():
+        bind(path, rootfs, mounts)
+    for path in interpreter_paths():
         if not any(path == s or path.startswith(s + "/") for s in shared):
-            _bind(path, rootfs, mounts, read_only=True)
+            bind(path, rootfs, mounts, read_only=True)
     if not os.access(shm, os.W_OK):
         raise PoolError(f"{shm} is not writable inside the root")
     home = htcml_home()
@@ -125,7 +172,7 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
         home.chmod(0o755)
     run_condor = rootfs / "run/condor"
     run_condor.mkdir(parents=True, exist_ok=True)
-    _run(["chroot", str(rootfs), "chown", "condor:condor", "/run/condor"])
+    run(["chroot", str(rootfs), "chown", "condor:condor", "/run/condor"])
     hostname = socket.gethostname()
     hosts = rootfs / "etc/hosts"
     if hostname not in hosts.read_text():
@@ -134,20 +181,26 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
     config_d = rootfs / "etc/condor/config.d"
     (config_d / "90-htcml").write_text(TUNING.format(num_cpus=num_cpus) + ROOTFS_EXTRA)
     chroot = ["chroot", str(rootfs)]
-    if not _master_running(chroot):
-        _say("starting condor_master")
-        _run([*chroot, "condor_master"])
-    _wait_ready(chroot)
-    token = _run([*chroot, "condor_token_create", "-identity", f"{POOL_USER}@{hostname}"])
+    if not master_running(chroot):
+        say("starting condor_master")
+        run([*chroot, "condor_master"])
+    wait_ready(chroot)
+    token = run([*chroot, "condor_token_create", "-identity", f"{POOL_USER}@{hostname}"])
     state = PoolState(mode="rootfs", state_dir=str(state_dir), client_config="",
                       job_user=POOL_USER, job_uid=uid, rootfs=str(rootfs), mounts=mounts,
-                      shared_paths=[*shared, *_interpreter_paths()], started=time.time())
-    _write_client_config(state, token)
+                      shared_paths=[*shared, *interpreter_paths()], started=time.time())
+    write_client_config(state, token)
     return state
 
 
-def _kill_chrooted(rootfs: str) -> None:
-    """End every process left running inside the root (a daemon that ignored condor_off)."""
+def kill_in_root(rootfs: str) -> None:
+    """End every process left running inside the root (a daemon that ignored condor_off).
+
+    Parameters
+    ----------
+    rootfs
+        The root; a process belongs to it when ``/proc/PID/root`` points there.
+    """
     target = os.path.realpath(rootfs)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -157,29 +210,96 @@ def _kill_chrooted(rootfs: str) -> None:
             continue
 
 
-def _master_running(prefix: list[str]) -> bool:
-    out = _run([*prefix, "condor_who", "-quick"], check=False)
+def master_running(prefix: list[str]) -> bool:
+    """Whether ``condor_who`` run with ``prefix`` (e.g. ``chroot ROOT``) finds a master.
+
+    Parameters
+    ----------
+    prefix
+        The command that runs a tool in the pool's root.
+
+    Returns
+    -------
+    bool
+        True when the master answers.
+    """
+    out = run([*prefix, "condor_who", "-quick"], check=False)
     return 'MASTER = "Alive"' in out
 
 
-def _wait_ready(prefix: list[str], timeout: float = 90) -> None:
-    proc = subprocess.run([*prefix, "condor_who", f"-wait:{int(timeout)}",
-                           'IsReady && STARTD_State =?= "Ready"'],
+def wait_ready(prefix: list[str], timeout: float = 90,
+               condition: str = 'IsReady && STARTD_State =?= "Ready"') -> None:
+    """Wait until the master started with ``prefix`` reports its daemons ready.
+
+    Parameters
+    ----------
+    prefix
+        The command that runs a tool in the pool's root.
+    timeout
+        Seconds to wait before raising :class:`PoolError`.
+    condition
+        The ``condor_who -wait`` expression (by default: the startd is ready too).
+    """
+    proc = subprocess.run([*prefix, "condor_who", f"-wait:{int(timeout)}", condition],
                           capture_output=True, text=True, env=chroot_env())
     if proc.returncode != 0:
         raise PoolError(f"the pool did not become ready within {timeout:.0f} s:\n"
                         f"{proc.stdout[-1000:]}{proc.stderr[-1000:]}")
 
 
+def root_masters(rootfs: str) -> list[int]:
+    """The ids of the ``condor_master`` processes running inside ``rootfs``.
+
+    Parameters
+    ----------
+    rootfs
+        The root; a process belongs to it when ``/proc/PID/root`` points there.
+
+    Returns
+    -------
+    list of int
+        Process ids (empty when no master runs there).
+    """
+    target = os.path.realpath(rootfs)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (Path(f"/proc/{pid}/comm").read_text().strip() == "condor_master"
+                    and os.readlink(f"/proc/{pid}/root") == target):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def stop_root(rootfs: str, timeout: float = 30) -> None:
+    """Stop the master running in ``rootfs`` and end whatever is left there.
+
+    The master is found by process (its ``/proc/PID/root``), never by name: every root
+    on this machine has the same host name, so ``condor_off -master`` run in one root
+    may reach another root's master.
+
+    Parameters
+    ----------
+    rootfs
+        The root whose daemons to stop.
+    timeout
+        Seconds a master has to shut down (SIGTERM) before everything left is killed.
+    """
+    for pid in root_masters(rootfs):
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and root_masters(rootfs):
+        time.sleep(0.3)
+    kill_in_root(rootfs)
+
+
 def down_rootfs(state: PoolState) -> None:
     """Stop the daemons in the root, end what is left there, undo every mount."""
-    chroot = ["chroot", state.rootfs]
-    if _master_running(chroot):
-        _run([*chroot, "condor_off", "-master"], check=False)
-        deadline = time.time() + 30
-        while time.time() < deadline and _master_running(chroot):
-            time.sleep(0.5)
-    _kill_chrooted(state.rootfs)
+    stop_root(state.rootfs)
     for target in reversed(state.mounts):
-        if _is_mounted(target):
-            _run(["umount", "-l", target], check=False)
+        if is_mounted(target):
+            run(["umount", "-l", target], check=False)

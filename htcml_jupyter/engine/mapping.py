@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from .chunking import auto_chunksize
+from .actions import MapActions
 from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
 from .options import SubmitOptions
 from .outcomes import OutcomeReader, item_output
 from .reports import ReportBook
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
-from .submission import read_arguments, submit_tasks, write_tasks
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 ErrorMode = Literal["raise", "return"]
 Chunksize = int | Literal["auto"]
 
-#: How long the event log may stay quiet before the queue is asked about missing jobs.
-VANISHED_CHECK_AFTER = 60.0
+#: How long the event log may stay quiet before the queue is asked about missing jobs
+#: (seconds; ``HTCML_QUEUE_CHECK_AFTER`` overrides).
+VANISHED_CHECK_AFTER = float(os.environ.get("HTCML_QUEUE_CHECK_AFTER", "60"))
 
 
-class Map:
+class Map(MapActions):
     """A function mapped over inputs as jobs; results gather in the map's folder.
 
     Build one with :func:`htcml_jupyter.map` or rebuild one from disk with
@@ -46,7 +47,13 @@ class Map:
         self._outcomes = OutcomeReader(store, meta.get("code_locations", {}))
         self._reports = ReportBook()
         self._reader = backend.event_reader(store)
-        self._last_change = time.time()
+        # With no event log to read (deleted), ask the queue at the first wait.
+        self._last_change = time.time() if store.event_log.exists() else 0.0
+        if store.pending_submissions():
+            try:
+                backend.recover_submissions(store)
+            except HTCMLError:
+                pass  # the pool is down: settled at the next attach
         self._load_tasks()
 
     # ------------------------------------------------------------------ basics
@@ -59,6 +66,15 @@ class Map:
     def clusters(self) -> list[int]:
         """HTCondor cluster ids of every submission of this map (first, then retries)."""
         return [int(s["cluster"]) for s in self.store.submissions()]
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """How the map's jobs get Python and packages: ``kind`` (shared, pack, archive,
+        container), ``reason``, and for a packed environment its ``archive``, ``size``
+        in bytes, ``pack_seconds`` and whether it was ``cached``; empty until the first
+        submission chose it (and for local processes)."""
+        record = self.store.read_meta().get("environment")
+        return dict(record) if isinstance(record, dict) else {}
 
     def __len__(self) -> int:
         return self.n_items
@@ -81,6 +97,9 @@ class Map:
     def _load_tasks(self) -> None:
         for task, items in self.store.tasks():
             self._table.add_task(task, items)
+        for task, reason in self.store.unsubmitted().items():
+            self._table.apply(TaskEvent(task, EventKind.REMOVED, time.time(),
+                                        {"reason": reason}))
 
     # ------------------------------------------------------------------ state
     def refresh(self) -> bool:
@@ -142,8 +161,24 @@ class Map:
         with self._lock:
             self._last_change = time.time()
             self.refresh()
-            for event in self.backend.vanished(self.store, self._table):
-                self._table.apply(event)
+            table = TaskTable()
+            for task, status in self._table.tasks.items():
+                table.tasks[task] = TaskStatus(**vars(status))
+        events = self.backend.vanished(self.store, table)  # no lock across the query
+        with self._lock:
+            self.refresh()  # a job may have finished while the queue was asked
+            for event in events:
+                self._table.apply(self._outcome_or(event))
+
+    def _outcome_or(self, vanished: TaskEvent) -> TaskEvent:
+        """A job that left the queue unseen but whose outcome came back finished: the
+        outcome file, not the missing log entry, says so."""
+        records = self._outcomes.records(vanished.task)
+        if not records or any(r.get("lost") for r in records.values()):
+            return vanished
+        failed = any(not r.get("ok") for r in records.values())
+        return TaskEvent(vanished.task, EventKind.FINISHED, vanished.time,
+                         {"exit_code": 3 if failed else 0})
 
     def _item_state(self, item: int, status: TaskStatus) -> ItemState:
         if status.phase is TaskPhase.FINISHED:
@@ -261,12 +296,15 @@ class Map:
             out: list[Any] = []
             failures: dict[int, HTCMLError] = {}
             for i, s in enumerate(states):
-                if s is ItemState.DONE:
-                    out.append(self._value_of(i))
-                else:
+                try:
+                    if s is ItemState.DONE:
+                        out.append(self._value_of(i))
+                        continue
                     err = self._error_of(i, s)
-                    failures[i] = err
-                    out.append(err)
+                except RemoteError as unreadable:  # a result that cannot be unpickled here
+                    err = unreadable
+                failures[i] = err
+                out.append(err)
         if failures and errors == "raise":
             raise MapError(self.name, failures, self.n_items)
         return out
@@ -308,13 +346,17 @@ class Map:
                 if i in seen or not s.settled:
                     continue
                 seen.add(i)
-                if s is ItemState.DONE:
+                try:
                     with self._lock:
-                        value = self._value_of(i)
+                        if s is ItemState.DONE:
+                            value = self._value_of(i)
+                        else:
+                            err = self._error_of(i, s)
+                except RemoteError as unreadable:  # a result that cannot be unpickled here
+                    err, s = unreadable, ItemState.FAILED
+                if s is ItemState.DONE:
                     yield i, value
                     continue
-                with self._lock:
-                    err = self._error_of(i, s)
                 if errors == "raise":
                     raise err
                 yield i, err
@@ -334,107 +376,6 @@ class Map:
     def stderr(self, item: int) -> str:
         """What ``item`` wrote to standard error, remote tracebacks included."""
         return item_output(self.store.stderr_file(self.job_of(item).task), item)
-
-    # ------------------------------------------------------------------ actions
-    def _job_ids(self, phases: tuple[TaskPhase, ...]) -> list[str]:
-        return [t.job_id for t in self._table.tasks.values()
-                if t.phase in phases and t.job_id is not None]
-
-    def cancel(self) -> None:
-        """Remove every unfinished job of the map; finished results stay on disk."""
-        self.refresh()
-        with self._lock:
-            clusters = {int(s["cluster"]) for s in self.store.submissions()}
-        self.backend.remove_clusters(self.store, clusters, "cancelled by htcml_jupyter")
-
-    def abort(self, items: Iterable[int], reason: str = "aborted") -> list[int]:
-        """Stop unfinished items on purpose (e.g. early stopping): their jobs are removed
-        and they are recorded as aborted with ``reason``; returns the items stopped."""
-        states = self.item_states()
-        with self._lock:
-            stopped = []
-            job_ids = []
-            for item in items:
-                self._check_index(item)
-                if states[item].settled:
-                    continue
-                status = self._table.tasks[self._table.item_task[item]]
-                self.store.add_abort(item, reason)
-                stopped.append(item)
-                if status.job_id:
-                    job_ids.append(status.job_id)
-                else:
-                    job_ids.append(self._planned_job_id(status.task))
-        ids = [j for j in dict.fromkeys(job_ids) if j]
-        if ids:
-            self.backend.remove_jobs(self.store, ids, f"aborted by htcml_jupyter: {reason}")
-        return stopped
-
-    def _planned_job_id(self, task: int) -> str:
-        for sub in self.store.submissions():
-            if task in sub["tasks"]:
-                return self.backend.job_id(int(sub["cluster"]), sub["tasks"].index(task), task)
-        return ""
-
-    @property
-    def aborted(self) -> dict[int, str]:
-        """Items stopped on purpose with :meth:`abort`: ``{item: reason}``."""
-        return self.store.aborted()
-
-    def vacate(self, items: Iterable[int] | None = None) -> int:
-        """Evict running jobs (as preemption would): they go back to the queue and run
-        again, from their last checkpoint when they save one.  Returns how many."""
-        states = self.item_states()
-        wanted = range(self.n_items) if items is None else items
-        with self._lock:
-            ids = {self._table.tasks[self._table.item_task[i]].job_id for i in wanted
-                   if states[i] is ItemState.RUNNING}
-        ids.discard(None)
-        self.backend.vacate(self.store, sorted(j for j in ids if j))
-        return len(ids)
-
-    def release(self) -> int:
-        """Release held jobs so they run again; returns how many were released."""
-        self.refresh()
-        with self._lock:
-            ids = self._job_ids((TaskPhase.HELD,))
-        self.backend.release(self.store, ids)
-        return len(ids)
-
-    def retry(self, items: Iterable[int] | None = None) -> list[int]:
-        """Run failed, held and removed items again as new jobs; returns their indexes.
-
-        Held jobs are removed first.  ``items`` restricts the retry to those items.
-        """
-        states = self.item_states()
-        wanted = set(range(self.n_items)) if items is None else set(items)
-        for i in wanted:
-            self._check_index(i)
-        again = sorted(i for i in wanted
-                       if states[i] in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
-        if not again:
-            return []
-        with self._lock:
-            held = [self._status_of(i).job_id for i in again if states[i] is ItemState.HELD]
-        held_ids = [j for j in dict.fromkeys(held) if j]
-        if held_ids:
-            self.backend.remove_jobs(self.store, held_ids, "retried by htcml_jupyter")
-        arguments = read_arguments(self.store, again)
-        size = self._chunksize_for(len(again))
-        with self._lock:
-            tasks = write_tasks(self.store, arguments, again, size,
-                                first_task=self._table.next_task_id())
-            for task, chunk in tasks:
-                self._table.add_task(task, chunk)
-        submit_tasks(self.store, self.backend, tasks, self.options,
-                     self.meta.get("batch_name", self.name))
-        return again
-
-    def _chunksize_for(self, n: int) -> int:
-        size = self.meta.get("chunksize", 1)
-        if size == "auto":
-            return auto_chunksize(n, self.backend.capacity(self.options))
-        return int(size)
 
     def close(self) -> None:
         """Stop reading the event log (the jobs and the map's folder are untouched)."""

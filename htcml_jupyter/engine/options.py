@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,11 +20,13 @@ def _size(name: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise OptionError(f"{name} must be a size such as 512MB or 4GB, not {value!r}")
     if isinstance(value, (int, float)):
-        if value <= 0:
+        if not value > 0:
             raise OptionError(f"{name} must be positive, not {value!r}")
-        return f"{int(value)}MB"
-    if not _SIZE.match(value):
-        raise OptionError(f"{name} must be a size such as 512MB or 4GB, not {value!r}")
+        return f"{math.ceil(value)}MB"  # a bare number is megabytes; 0.5 is 1MB, not 0MB
+    m = _SIZE.match(value)
+    if not m or not float(m.group(1)) > 0:
+        raise OptionError(f"{name} must be a positive size such as 512MB or 4GB, not "
+                          f"{value!r}")
     return value.strip().replace(" ", "")
 
 
@@ -64,6 +67,8 @@ RESERVED_COMMANDS = frozenset({
     "transfer_input_files", "transfer_output_files", "transfer_output_remaps", "initialdir",
     "output", "error", "submit_event_notes", "checkpoint_exit_code",
     "transfer_checkpoint_files", "my.htcmlmap", "+htcmlmap", "my.htcmltask", "+htcmltask",
+    "my.htcmlsubmission", "+htcmlsubmission", "when_to_transfer_output",
+    "should_transfer_files", "my.wantioproxy", "+wantioproxy", "universe", "environment",
 })
 
 
@@ -84,6 +89,12 @@ def _extra(name: str, value: Any) -> dict[str, str]:
     return out
 
 
+#: Names in the job's folder that the runner itself uses; input files may not take them.
+RESERVED_FILE_NAMES = frozenset({
+    "runner.py", "job.py", "wire.py", "htchirp.py", "bootstrap.sh", "function.pkl",
+    "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env",
+})
+
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
@@ -101,6 +112,9 @@ def _files(name: str, value: Any) -> list[str]:
             out.append(text)
             continue
         path = os.path.abspath(os.path.expanduser(text))
+        if os.path.basename(path.rstrip("/")) in RESERVED_FILE_NAMES:
+            raise OptionError(f"{name}: {path} has the name of a file every job needs "
+                              f"({', '.join(sorted(RESERVED_FILE_NAMES))}); rename it")
         if not os.path.exists(path):
             raise OptionError(f"{name}: {path} does not exist; create it or fix the path "
                               f"(URLs such as osdf:// or https:// are fetched by the job)")
@@ -132,9 +146,28 @@ class OptionSpec:
     needs: str | None = None
     #: Written even when it has its default value.
     always: bool = False
+    #: How the value is written in the submit description.
+    render: Callable[[Any], str] = str
 
 
-def _str(value: Any) -> str:
+def _classad_string(value: Any) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _classad_bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _job_length(name: str, value: Any) -> str:
+    if value not in ("short", "medium", "long"):
+        raise OptionError(f"{name} must be 'short', 'medium' or 'long' (CHTC GPU Lab job "
+                          f"lengths), not {value!r}")
     return str(value)
 
 
@@ -162,7 +195,21 @@ OPTIONS: dict[str, OptionSpec] = {
     "priority": OptionSpec(_integer, 0, "job priority within your own jobs", "priority"),
     "accounting_group": OptionSpec(_text, None, "accounting group to charge",
                                    "accounting_group"),
+    "project_name": OptionSpec(_text, None, "OSPool project to charge (+ProjectName)",
+                               "My.ProjectName", render=_classad_string),
+    "want_gpu_lab": OptionSpec(_flag, False, "run on CHTC's GPU Lab (+WantGPULab)",
+                               "My.WantGPULab", render=_classad_bool),
+    "gpu_job_length": OptionSpec(_job_length, None,
+                                 "CHTC GPU Lab job length: short, medium or long "
+                                 "(+GPUJobLength)", "My.GPUJobLength", needs="want_gpu_lab",
+                                 render=_classad_string),
+    "want_flocking": OptionSpec(_flag, False,
+                                "let jobs flock from CHTC to other pools (+WantFlocking)",
+                                "My.WantFlocking", render=_classad_bool),
     "input_files": OptionSpec(_files, [], "files or URLs sent to every job's folder"),
+    "environment": OptionSpec(_text, "auto",
+                              "how jobs get Python and packages: 'auto', 'pack', 'shared', or "
+                              "the path or URL of an archive from `htcml env pack`"),
     "python": OptionSpec(_text, None,
                          "interpreter on the execute node (default: this one's path, or "
                          "python3 in a container)"),
@@ -202,7 +249,12 @@ class SubmitOptions:
     max_idle: int | None = None
     priority: int = OPTIONS["priority"].default
     accounting_group: str | None = None
+    project_name: str | None = None
+    want_gpu_lab: bool = False
+    gpu_job_length: str | None = None
+    want_flocking: bool = False
     input_files: tuple[str, ...] = ()
+    environment: str = OPTIONS["environment"].default
     python: str | None = None
     submit_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -247,10 +299,11 @@ class SubmitOptions:
             if spec.command is None:
                 continue
             value = getattr(self, name)
-            if not spec.always and (value is None or value == 0 or value == ""):
+            if not spec.always and (value is None or value is False or value == 0
+                                    or value == ""):
                 continue
             if spec.needs and not getattr(self, spec.needs):
                 continue
-            cmds[spec.command] = _str(value)
+            cmds[spec.command] = spec.render(value)
         cmds.update(self.submit_extra)
         return cmds

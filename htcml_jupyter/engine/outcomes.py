@@ -42,32 +42,53 @@ class OutcomeReader:
         self.store = store
         self.code_locations = code_locations
         self._cache: dict[int, dict[int, dict[str, Any]]] = {}
+        self._problems: dict[int, str] = {}
 
     def records(self, task: int) -> dict[int, dict[str, Any]]:
-        """``{item: record}`` of one job; empty while it has no readable outcome."""
+        """``{item: record}`` of one job; empty while it has no readable outcome (why is
+        kept for :meth:`error`).  Nothing in a damaged file escapes as an exception."""
         cached = self._cache.get(task)
         if cached is not None:
             return cached
+        path = self.store.output_file(task)
         try:
-            with self.store.output_file(task).open("rb") as f:
+            with path.open("rb") as f:
                 read_header(f)
                 records = pickle.loads(f.read())
-        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+            outcome = {int(r["index"]): dict(r) for r in records}
+        except FileNotFoundError:
             return {}
-        outcome = {int(r["index"]): r for r in records}
+        except BaseException as exc:  # a damaged file: truncated, corrupted, hostile
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self._problems[task] = (f"its outcome file {path} cannot be read "
+                                    f"({type(exc).__name__}: {exc})")
+            return {}
+        self._problems.pop(task, None)
         self._cache[task] = outcome
         return outcome
 
     def succeeded(self, status: TaskStatus, item: int) -> bool:
-        """Whether ``item`` of a finished job has a result."""
-        if status.exit_code == 0:
-            return True
+        """Whether ``item`` of a finished job has a result: its own record says so (an
+        exit code of 0 alone is not enough)."""
         record = self.records(status.task).get(item)
-        return record is not None and bool(record.get("ok"))
+        return record is not None and record.get("ok") is True and "value" in record
 
     def value(self, status: TaskStatus, item: int) -> Any:
-        """The result of a done item."""
-        return pickle.loads(self.records(status.task)[item]["value"])
+        """The result of a done item; :class:`RemoteError` when it cannot be unpickled
+        here (a module missing in the notebook, a damaged record)."""
+        try:
+            return pickle.loads(self.records(status.task)[item]["value"])
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return_type = type(exc).__name__
+            raise RemoteError(item, {
+                "type": "htcml_jupyter.UnreadableResult",
+                "message": f"item {item} finished, but its result cannot be unpickled "
+                           f"here ({return_type}: {exc}); install what it needs in the "
+                           f"notebook's environment and read it again",
+                "traceback": "", "host": status.host}, status.job_id) from exc
 
     def error(self, status: TaskStatus, item: int, state: ItemState) -> HTCMLError:
         """Why a settled item has no result."""
@@ -78,10 +99,14 @@ class OutcomeReader:
             return ItemRemoved(item, status.removed_reason or "removed")
         record = self.records(status.task).get(item)
         if record is None:
+            problem = self._problems.get(status.task)
+            why = (problem if problem is not None else
+                   "without writing an outcome for this item" if status.exit_code == 0
+                   else "without writing an outcome")
             return RemoteError(item, {
                 "type": JOB_LOST,
-                "message": f"the job exited with code {status.exit_code} without writing "
-                           f"an outcome; see stderr({item})",
+                "message": f"the job exited with code {status.exit_code}, but {why}; "
+                           f"see stderr({item})",
                 "traceback": tail(self.store.stderr_file(status.task)),
                 "host": status.host}, status.job_id)
         error = dict(record["error"])

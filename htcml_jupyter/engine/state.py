@@ -48,6 +48,8 @@ class EventKind(str, enum.Enum):
     RELEASED = "released"
     FINISHED = "finished"        # the job exited (detail: exit_code)
     REMOVED = "removed"
+    VANISHED = "vanished"        # not in the queue and no terminal event: removed, until
+                                 # a later event in the log says otherwise
     REPORTED = "reported"        # live reports from the running function: no phase change
 
 
@@ -60,6 +62,7 @@ TRANSITIONS: dict[EventKind, TaskPhase] = {
     EventKind.RELEASED: TaskPhase.IDLE,
     EventKind.FINISHED: TaskPhase.FINISHED,
     EventKind.REMOVED: TaskPhase.REMOVED,
+    EventKind.VANISHED: TaskPhase.REMOVED,
 }
 
 _FINAL = (TaskPhase.FINISHED, TaskPhase.REMOVED)
@@ -94,11 +97,20 @@ class TaskStatus:
     finished: float | None = None
     removed_reason: str | None = None
     last_event: EventKind | None = None
+    #: Marked removed only because the queue no longer showed it (no terminal event);
+    #: any later event of the job undoes that.
+    vanished: bool = False
 
     def apply(self, event: TaskEvent) -> bool:
         """Move through the transition table; return True when something changed."""
-        if self.phase in _FINAL:
+        if self.phase in _FINAL and not self.vanished:
             return False  # a job that left the queue stays where it ended
+        if self.vanished:
+            if event.kind is EventKind.VANISHED:
+                return False
+            self.vanished = False  # the log knew more than the queue did
+            self.removed_reason = None
+            self.finished = None
         new = TRANSITIONS[event.kind]
         d = event.detail
         self.job_id = d.get("job_id", self.job_id)
@@ -117,6 +129,10 @@ class TaskStatus:
             self.hold_reason = self.hold_code = None
         elif event.kind is EventKind.FINISHED:
             self.exit_code = d.get("exit_code")
+            self.finished = event.time
+        elif event.kind is EventKind.VANISHED:
+            self.vanished = True
+            self.removed_reason = d.get("reason", "the job left the queue")
             self.finished = event.time
         elif event.kind is EventKind.REMOVED:
             self.removed_reason = d.get("reason", "removed")

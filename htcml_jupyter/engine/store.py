@@ -10,6 +10,7 @@ Layout of ``<root>/<name>/`` (mode 0700)::
     outputs/task-N.pkl  the outcome of job N (written by the runner, sent back)
     logs/events.log     HTCondor's job event log for every cluster of the map
     logs/task-N.out|err the job's stdout and stderr
+    seed/               an empty outcome file and checkpoint folder every job starts with
 
 Files are only ever added or appended to, so a crash at any point loses nothing
 already written.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..jobside.wire import CHECKPOINT_DIR
 from .errors import MapNotFound
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -96,7 +98,8 @@ class MapStore:
 
     @classmethod
     def open(cls, root: Path, name: str) -> MapStore:
-        path = root / name
+        """The folder of the existing map ``name`` under ``root``."""
+        path = root / check_map_name(name)
         if not (path / "map.json").exists():
             raise MapNotFound(f"no map named {name!r} in {root} (htcml_jupyter.list_maps() "
                               f"lists the maps there)")
@@ -129,12 +132,48 @@ class MapStore:
         for row in _read_lines(self.path / "tasks.jsonl"):
             yield int(row["task"]), [int(i) for i in row["items"]]
 
-    def add_submission(self, cluster: int, tasks: list[int]) -> None:
-        _append_lines(self.path / "submissions.jsonl",
-                      [{"cluster": cluster, "tasks": tasks, "time": time.time()}])
+    def add_submission(self, cluster: int, tasks: list[int], token: str | None = None) -> None:
+        """Record that ``tasks`` were queued as cluster ``cluster`` (closing the pending
+        note ``token``, if any)."""
+        row: dict[str, Any] = {"cluster": cluster, "tasks": tasks, "time": time.time()}
+        if token is not None:
+            row["token"] = token
+        _append_lines(self.path / "submissions.jsonl", [row])
 
     def submissions(self) -> list[dict[str, Any]]:
-        return list(_read_lines(self.path / "submissions.jsonl"))
+        """Confirmed submissions: ``{"cluster", "tasks", "time"}``, oldest first."""
+        return [r for r in _read_lines(self.path / "submissions.jsonl") if "cluster" in r]
+
+    def add_pending_submission(self, token: str, tasks: list[int]) -> None:
+        """Note a submission about to be sent (its jobs carry ``token``), so that a process
+        that dies before confirming it leaves enough behind to find its jobs."""
+        _append_lines(self.path / "submissions.jsonl",
+                      [{"pending": token, "tasks": tasks, "time": time.time()}])
+
+    def pending_submissions(self) -> dict[str, list[int]]:
+        """``{token: tasks}`` of submissions noted but never confirmed or resolved."""
+        pending: dict[str, list[int]] = {}
+        for row in _read_lines(self.path / "submissions.jsonl"):
+            if "pending" in row:
+                pending[str(row["pending"])] = [int(t) for t in row["tasks"]]
+            elif row.get("token") in pending:
+                pending.pop(str(row["token"]))
+        return pending
+
+    def resolve_pending(self, token: str, cluster: int | None) -> None:
+        """Close a pending submission: its cluster was found, or (None) it never queued."""
+        _append_lines(self.path / "submissions.jsonl", [{"token": token, "resolved": cluster,
+                                                         "time": time.time()}])
+
+    def add_unsubmitted(self, tasks: list[int], reason: str) -> None:
+        """Record jobs that were written but never queued (their submission failed)."""
+        _append_lines(self.path / "unsubmitted.jsonl",
+                      [{"task": t, "reason": reason, "time": time.time()} for t in tasks])
+
+    def unsubmitted(self) -> dict[int, str]:
+        """``{task: why}`` for jobs whose submission failed."""
+        return {int(r["task"]): str(r["reason"])
+                for r in _read_lines(self.path / "unsubmitted.jsonl")}
 
     def add_abort(self, item: int, reason: str) -> None:
         _append_lines(self.path / "aborted.jsonl",
@@ -145,6 +184,19 @@ class MapStore:
                 for r in _read_lines(self.path / "aborted.jsonl")}
 
     # files ---------------------------------------------------------------
+    def seed_files(self) -> list[Path]:
+        """An empty outcome file and checkpoint folder that every job starts with, so that
+        HTCondor always finds both when it sends a job's files back on an eviction
+        (:meth:`make_seed_files` creates them)."""
+        seed = self.path / "seed"
+        return [seed / "outcome.pkl", seed / CHECKPOINT_DIR]
+
+    def make_seed_files(self) -> None:
+        """Create the :meth:`seed_files` (once; older maps get them at their next retry)."""
+        outcome, checkpoints = self.seed_files()
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        outcome.touch(exist_ok=True)
+
     @property
     def function_file(self) -> Path:
         return self.path / "function.pkl"

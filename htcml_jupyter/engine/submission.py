@@ -23,6 +23,7 @@ def write_tasks(store: MapStore, arguments: Mapping[int, Any], items: list[int],
     """Pack ``items`` into jobs of ``size`` items numbered from ``first_task``, write each
     job's input file and record the jobs in the map's folder; returns ``[(task, items)]``."""
     tasks = [(first_task + offset, chunk) for offset, chunk in enumerate(chunks(items, size))]
+    store.make_seed_files()
     for task, chunk in tasks:
         dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
     store.add_tasks(tasks)

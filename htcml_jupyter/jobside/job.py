@@ -224,10 +224,19 @@ class Checkpoint:
         self.every = every
         self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get(LOCAL_ENV))
         if folder is None and not self.in_job:
+            import shutil
             import tempfile  # a plain call in the notebook: keep the state out of the way
+            import weakref
 
             folder = tempfile.mkdtemp(prefix="htcml-checkpoint-")
-        self.folder = folder or os.path.join(os.getcwd(), CHECKPOINT_DIR)
+            # removed with this object (or at exit): nothing is left behind in /tmp
+            weakref.finalize(self, shutil.rmtree, folder, True)
+        if folder is None:
+            # one folder per item: items of one job never restore each other's state
+            item = _current_item()
+            folder = os.path.join(os.getcwd(), CHECKPOINT_DIR,
+                                  f"item-{item}" if item is not None else "job")
+        self.folder = folder
         self._last_spool = time.time()
 
     @property
@@ -244,7 +253,9 @@ class Checkpoint:
         if torch_format:
             import torch
 
-            payload = torch.load(self.path, weights_only=False)
+            # a state saved on a GPU must resume on a machine without one
+            location = None if torch.cuda.is_available() else "cpu"
+            payload = torch.load(self.path, weights_only=False, map_location=location)
         else:
             with open(self.path, "rb") as f:
                 payload = pickle.load(f)

@@ -7,9 +7,12 @@ Usage (what the submit description runs)::
 
 ``FUNCTION_FILE`` holds the cloudpickled ``(function, kwargs)``; ``INPUT_FILE`` holds the
 items of this job as ``[(item_index, argument), ...]``.  The runner calls the function on
-each item and always writes ``OUTCOME_FILE`` atomically: a placeholder before the first
-item (so a job killed mid-way still reports which items were lost), then one record per
-item.  Each record is a dict: ``{"index", "ok", "value" | "error", "started", "seconds"}``;
+each item and always writes ``OUTCOME_FILE`` atomically: placeholders before the first
+item (so a job killed mid-way still reports which items were lost), then again after
+each item, so every finished item is on disk at once.  A restarted job (after a
+checkpoint exit, or an eviction that brought the file back) keeps the records an earlier
+run wrote and runs only the other items.  Each record is a dict:
+``{"index", "ok", "value" | "error", "started", "seconds"}``;
 a value is pickled on its own, so one result that cannot be unpickled on the submit side
 does not hide the others.  An error is plain data (type name, message, traceback text,
 host) plus the pickled exception when it pickles.
@@ -37,6 +40,7 @@ from typing import Any
 
 if __package__:  # imported from the installed package
     from .wire import (
+        CHECKPOINT_DIR,
         EXIT_CHECKPOINT,
         EXIT_ITEM_FAILED,
         EXIT_OK,
@@ -48,6 +52,7 @@ if __package__:  # imported from the installed package
     )
 else:  # run as a script in the job's folder, next to wire.py
     from wire import (  # type: ignore[no-redef]
+        CHECKPOINT_DIR,
         EXIT_CHECKPOINT,
         EXIT_ITEM_FAILED,
         EXIT_OK,
@@ -181,7 +186,11 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         in_header = read_header(f)
         input_bytes = f.read()
     indexes: list[int] = list(in_header.get("items", []))
-    _write_outcome(outcome_file, out_header, _lost(indexes))
+    # A restart (after a checkpoint exit, or an eviction that brought the outcome file
+    # back) keeps what the earlier run finished and runs only the rest.
+    finished = _finished_records(outcome_file, indexes)
+    _write_outcome(outcome_file, out_header, _merge(indexes, finished))
+    os.makedirs(CHECKPOINT_DIR, exist_ok=True)  # always there for HTCondor to send back
     try:
         with open(function_file, "rb") as f:
             fn_header = read_header(f)
@@ -207,14 +216,15 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
     except Exception as exc:
         record = _error_record(exc)
         _write_outcome(outcome_file, out_header, [
-            {"index": i, "ok": False, "started": None, "seconds": None, "error": record}
-            for i in indexes])
+            {"index": i, "ok": False, "started": None, "seconds": None, "error": record,
+             "payload": True} for i in indexes])
         print(f"htcml: {record['type']}: {record['message']}", file=sys.stderr)
         return EXIT_PAYLOAD_FAILED
 
-    records: list[dict[str, Any]] = []
-    failed = False
+    failed = any(not r.get("ok") for r in finished.values())
     for index, argument in items:
+        if index in finished:
+            continue
         marker = ITEM_MARKER.format(index=index)
         print(marker, flush=True)
         print(marker, file=sys.stderr, flush=True)
@@ -242,12 +252,48 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
             record = {"index": index, "ok": False, "error": _error_record(exc, tb)}
         record["started"] = started
         record["seconds"] = time.time() - started
-        records.append(record)
+        finished[index] = record
         _flush_reports()
+        # Each item's outcome is on disk as soon as it finishes: a job killed later
+        # keeps it, and a restart skips it.
+        _write_outcome(outcome_file, out_header, _merge(indexes, finished))
     sys.stdout.flush()
     sys.stderr.flush()
-    _write_outcome(outcome_file, out_header, records)
+    _clear_checkpoints()
     return EXIT_ITEM_FAILED if failed else EXIT_OK
+
+
+def _finished_records(path: str, indexes: list[int]) -> dict[int, dict[str, Any]]:
+    """Records of items an earlier run of this job finished (none when the file is
+    missing, empty or damaged, or holds only placeholders)."""
+    wanted = set(indexes)
+    try:
+        with open(path, "rb") as f:
+            read_header(f)
+            records = pickle.loads(f.read())
+        return {int(r["index"]): r for r in records
+                if int(r["index"]) in wanted and not r.get("lost") and not r.get("payload")}
+    except Exception:
+        return {}
+
+
+def _merge(indexes: list[int], finished: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per item: the finished ones, a "lost" placeholder for the rest."""
+    pending = [i for i in indexes if i not in finished]
+    return [*(finished[i] for i in indexes if i in finished), *_lost(pending)]
+
+
+def _clear_checkpoints() -> None:
+    """Every item is recorded: the saved states are no longer needed (the folder stays,
+    empty, because HTCondor sends it back)."""
+    import shutil
+
+    for name in os.listdir(CHECKPOINT_DIR) if os.path.isdir(CHECKPOINT_DIR) else ():
+        path = os.path.join(CHECKPOINT_DIR, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,10 @@ EXIT_OK = 0
 EXIT_ITEM_FAILED = 3
 #: The payload could not be loaded at all (version mismatch, missing module).
 EXIT_PAYLOAD_FAILED = 4
+#: The job's packed environment could not start (``bootstrap.sh``): the archive did not
+#: unpack, or its interpreter does not run on the execute machine.  The script holds the
+#: same number; its stderr says what the execute side lacks.
+EXIT_ENVIRONMENT_FAILED = 5
 #: The function saved a checkpoint: HTCondor spools it and restarts the job.
 EXIT_CHECKPOINT = 85
 

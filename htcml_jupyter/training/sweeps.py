@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cloudpickle
 
@@ -23,11 +23,11 @@ from ..backends.protocol import Backend
 from ..engine.creation import create_map
 from ..engine.grid import grid_points, unpack
 from ..engine.mapping import Map
+from ..engine.payload import PickleError
 from ..engine.state import ItemState
 from ..engine.store import MapStore
 from .policies import Policy
-
-Mode = Literal["min", "max"]
+from .trials import Mode, TrialRow, TrialStatus, rank_trials
 
 #: Seconds between two looks of a sweep's early-abort watcher at the reports.
 WATCH_INTERVAL = 1.0
@@ -114,28 +114,6 @@ def sample_space(space: Mapping[str, Any], n_trials: int, seed: int = 0) -> list
 # --------------------------------------------------------------------------- rows
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial in a sweep's table."""
-
-    trial: int
-    params: dict[str, Any]
-    status: str
-    metrics: dict[str, float]
-    steps: int
-    seconds: float | None
-    host: str | None
-    evictions: int
-    resumed_from: Any
-    reason: str | None
-
-    def flat(self) -> dict[str, Any]:
-        return {"trial": self.trial, **self.params, **self.metrics, "status": self.status,
-                "steps": self.steps, "seconds": self.seconds, "host": self.host,
-                "evictions": self.evictions, "resumed_from": self.resumed_from,
-                "reason": self.reason}
-
-
 # --------------------------------------------------------------------------- sweep
 
 
@@ -205,11 +183,14 @@ class Sweep(Map):
         super().close()
 
     # ---------------------------------------------------------------- results
-    def status_of(self, trial: int) -> str:
-        state = self.item_states()[trial]
-        if state is ItemState.REMOVED and trial in self.aborted:
-            return "aborted early"
-        return state.value
+    def status_of(self, trial: int) -> TrialStatus:
+        """Where one trial stands."""
+        return TrialStatus.of(self.item_states()[trial], trial in self.aborted)
+
+    def metric_names(self) -> list[str]:
+        """Every metric name the trials have reported so far, sorted."""
+        return sorted({k for h in self.all_reports().values() for r in h for k in r
+                       if k not in ("step", "time")})
 
     def rows(self, with_results: bool = True) -> list[TrialRow]:
         """One row per trial: parameters, last metrics, status, time, host, restarts.
@@ -242,8 +223,7 @@ class Sweep(Map):
             task = tasks[task_of[i]]
             seconds = (task.finished - task.started
                        if task.finished and task.started else None)
-            status = ("aborted early" if states[i] is ItemState.REMOVED and i in aborted
-                      else states[i].value)
+            status = TrialStatus.of(states[i], i in aborted)
             ck = checkpoints.get(i, {})
             steps = [r["step"] for r in history if r.get("step") is not None]
             rows.append(TrialRow(
@@ -276,21 +256,20 @@ class Sweep(Map):
             return flat
         return pd.DataFrame(flat).set_index("trial")
 
-    def best(self, metric: str | None = None, mode: Mode | None = None) -> TrialRow:
-        """The finished trial with the best value of ``metric`` (the sweep's by default)."""
+    def best(self, metric: str | None = None, mode: Mode | None = None, *,
+             include_running: bool = False) -> TrialRow:
+        """The trial with the best value of ``metric`` (the sweep's by default): among
+        finished trials, or also running ones (best so far) with ``include_running``."""
         metric = metric or self.metric
-        mode = mode or self.mode
         if metric is None:
             raise ValueError("name the metric: best('val_loss') (or pass metric= to sweep)")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
-        candidates = [r for r in self.rows() if r.status == "done" and metric in r.metrics]
-        if not candidates:
-            known = sorted({k for r in self.rows() for k in r.metrics})
-            raise ValueError(f"no finished trial has {metric!r} (metrics seen: "
-                             f"{', '.join(known) or 'none'})")
-        pick = min if mode == "min" else max
-        return pick(candidates, key=lambda r: r.metrics[metric])
+        rows = self.rows()
+        ranked = rank_trials(rows, metric, mode or self.mode, include_running=include_running)
+        if not ranked:
+            known = sorted({k for r in rows for k in r.metrics})
+            raise ValueError(f"no {'' if include_running else 'finished '}trial has "
+                             f"{metric!r} (metrics seen: {', '.join(known) or 'none'})")
+        return ranked[0]
 
 
 def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[Any]] | None,
@@ -322,14 +301,23 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
             if repeat > 1:
                 trial.setdefault("seed", seed + k)
             params.append(trial)
+    policy_bytes = None
+    if early_stop is not None:
+        try:  # before anything is queued: a policy that cannot travel stops the sweep here
+            policy_bytes = cloudpickle.dumps(early_stop)
+        except Exception as exc:
+            raise PickleError(f"the early_stop policy cannot be pickled "
+                              f"({type(exc).__name__}: {exc}); nothing was submitted. Use "
+                              f"a policy or a module-level function without open files, "
+                              f"locks or connections") from exc
     fn_name = getattr(function, "__name__", "sweep")
     wrapped = unpack(function)
     m = create_map(wrapped, params, kwargs=kwargs, backend=backend, root=root, name=name,
                    chunksize=1, options=options,
                    extra_meta={"sweep": {"params": params, "metric": metric, "mode": mode,
                                          "function": fn_name}})
-    if early_stop is not None:
-        (m.store.path / "policy.pkl").write_bytes(cloudpickle.dumps(early_stop))
+    if policy_bytes is not None:
+        (m.store.path / "policy.pkl").write_bytes(policy_bytes)
     m.close()
     return Sweep(m.store, backend)
 

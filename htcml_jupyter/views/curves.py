@@ -6,6 +6,8 @@ import html
 import math
 from typing import Any
 
+from ..training.trials import TrialStatus
+
 PALETTE = ["#1e88e5", "#43a047", "#fb8c00", "#8e24aa", "#00acc1", "#e53935", "#6d4c41",
            "#3949ab", "#c0ca33", "#d81b60"]
 
@@ -56,7 +58,7 @@ def curves_svg(histories: dict[int, list[dict[str, Any]]], metric: str,
              f'<text x="{width // 2 - 30}" y="{height - 8}" font-size="11" fill="#263238">'
              f"{html.escape(metric)}</text>"]
     for n, (trial, pts) in enumerate(series.items()):
-        aborted = status.get(trial, "").startswith("aborted")
+        aborted = status.get(trial, "") == TrialStatus.ABORTED.value
         colour = "#b0bec5" if aborted else PALETTE[n % len(PALETTE)]
         width_px = 3 if trial == best else 1.5
         dash = ' stroke-dasharray="4 3"' if aborted else ""

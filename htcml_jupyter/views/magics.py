@@ -18,10 +18,10 @@ magic                                  Python equivalent
 
 from __future__ import annotations
 
-import ast
 import html
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -32,70 +32,7 @@ from traitlets import Bool, Int, Unicode
 from ..engine.errors import HTCMLError
 from ..engine.options import OptionError, default_of
 from ..engine.payload import PickleError
-
-_SAFE_CALLS = {"range": range, "list": list, "tuple": tuple}
-
-
-def resolve_expression(text: str, namespace: dict[str, Any]) -> Any:
-    """Look up ``text`` in ``namespace`` without ``eval``.
-
-    Accepted: names, attributes and subscripts with literal keys (``data.texts[:100]``),
-    Python literals (``[1, 2, 3]``, ``{"lr": [0.1, 0.01]}``) and ``range(...)`` of those.
-    Quote an expression that holds spaces: ``--kwargs "{'c': 100}"``.
-    """
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1]  # quoted on the magic's line to keep spaces together
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        raise UsageError(f"cannot read {text!r}: {exc.msg}") from None
-
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Name):
-            if node.id in namespace:
-                return namespace[node.id]
-            if node.id in ("True", "False", "None"):
-                return {"True": True, "False": False, "None": None}[node.id]
-            raise UsageError(f"{node.id!r} is not defined in the notebook; define it first")
-        if isinstance(node, ast.Attribute):
-            return getattr(value(node.value), node.attr)
-        if isinstance(node, ast.Subscript):
-            return value(node.value)[value(node.slice)]
-        if isinstance(node, ast.Slice):
-            return slice(*(value(n) if n is not None else None
-                           for n in (node.lower, node.upper, node.step)))
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            items = [value(e) for e in node.elts]
-            return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
-        if isinstance(node, ast.Dict):
-            return {value(k): value(v) for k, v in zip(node.keys, node.values, strict=True)
-                    if k is not None}
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in _SAFE_CALLS and not node.keywords):
-            return _SAFE_CALLS[node.func.id](*(value(a) for a in node.args))
-        raise UsageError(f"{text!r} is too complex for a magic argument: assign it to a "
-                         f"variable in a cell first and pass the variable's name")
-
-    try:
-        return value(tree.body)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"cannot evaluate {text!r}: {type(exc).__name__}: {exc}") from None
-
-
-def top_level_functions(source: str) -> list[str]:
-    """Names of the functions a cell defines at its top level."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+from .cell_parsing import resolve_expression, top_level_functions
 
 
 def _has_widget_frontend(shell: Any) -> bool:
@@ -115,6 +52,10 @@ class HTCMagics(Magics):
     pool = Unicode("", help="pool for new maps ('project', 'local' or a configuration file; "
                    "empty: the usual search)").tag(config=True)
     chunksize = Unicode("auto", help="items per job: a number or 'auto'").tag(config=True)
+    environment = Unicode(default_of("environment"),
+                          help="how jobs get Python and packages when --environment is not "
+                               "given: auto, pack, shared, or an archive path or URL").tag(
+        config=True)
     panel = Bool(True, help="show a live progress panel under each map").tag(config=True)
 
     @property
@@ -159,6 +100,9 @@ class HTCMagics(Magics):
               help="list of paths or URLs sent to every job's working folder")
     @argument("--retries", type=int, help="reruns of a job that crashes")
     @argument("--max-idle", type=int, help="how many jobs may wait in the queue at once")
+    @argument("--environment", metavar="HOW",
+              help="how jobs get Python and packages: auto, pack, shared, or the path or "
+                   "URL of an archive from `htcml env pack`")
     @argument("--chunksize", help="items per job: a number or 'auto'")
     @argument("--name", help="the map's name (default: function name plus a tag)")
     @argument("--pool", help="'project', 'local' or an HTCondor configuration file")
@@ -236,6 +180,7 @@ class HTCMagics(Magics):
         options: dict[str, Any] = {
             "request_cpus": args.cpus if args.cpus is not None else self.request_cpus,
             "request_memory": args.memory or self.request_memory,
+            "environment": args.environment or self.environment,
             "request_disk": args.disk or self.request_disk,
         }
         flags = {"request_gpus": args.gpus, "gpus_minimum_memory": args.gpu_memory,
@@ -247,7 +192,7 @@ class HTCMagics(Magics):
         return options
 
     def _map(self, function: Callable[..., Any], inputs: Any, kwargs: Any, args: Any) -> Any:
-        import htcml_jupyter as htc
+        from .. import api as htc
 
         chunk_text = args.chunksize or self.chunksize
         chunksize: Any = chunk_text if chunk_text == "auto" else None
@@ -266,7 +211,7 @@ class HTCMagics(Magics):
 
     def _sweep(self, function: Callable[..., Any], space: dict[str, Any], kwargs: Any,
                policy: Any, args: Any) -> Any:
-        import htcml_jupyter as htc
+        from .. import api as htc
 
         grid, random_space = (None, space) if args.random is not None else (space, None)
         try:
@@ -303,20 +248,32 @@ class HTCMagics(Magics):
 
     # ------------------------------------------------------------------ line magics
     def _find_map(self, name: str) -> Any:
-        import htcml_jupyter as htc
+        from .. import api as htc
+        from ..engine.mapping import Map
 
         candidate = self._ns.get(name)
-        if isinstance(candidate, htc.Map):
+        if isinstance(candidate, Map):
             return candidate
         try:
             return htc.attach(name)
-        except HTCMLError as exc:
+        except (HTCMLError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+
+    @contextmanager
+    def _using_map(self, name: str) -> Iterator[Any]:
+        """The map ``name`` for one command; one attached only for it is closed after
+        (so a sweep's early-abort watcher is not left running twice)."""
+        m = self._find_map(name)
+        try:
+            yield m
+        finally:
+            if m is not self._ns.get(name):
+                m.close()
 
     @line_magic
     def htc_maps(self, line: str) -> None:
         """List the maps on disk (``htc.list_maps()``)."""
-        import htcml_jupyter as htc
+        from .. import api as htc
 
         infos = htc.list_maps()
         if not infos:
@@ -340,7 +297,8 @@ class HTCMagics(Magics):
         from .progress import render_text, snapshot
 
         args = self._parse(self.htc_status, line)
-        print(render_text(snapshot(self._find_map(args.name))))
+        with self._using_map(args.name) as m:
+            print(render_text(snapshot(m)))
 
     @magic_arguments()
     @argument("name", help="the map's name")
@@ -361,24 +319,24 @@ class HTCMagics(Magics):
     @line_magic
     def htc_cancel(self, line: str) -> None:
         """Remove a map's unfinished jobs; finished results stay (``m.cancel()``)."""
-        m = self._find_map(self._parse(self.htc_cancel, line).name)
-        m.cancel()
-        print(f"cancelled the unfinished jobs of {m.name}")
+        with self._using_map(self._parse(self.htc_cancel, line).name) as m:
+            m.cancel()
+            print(f"cancelled the unfinished jobs of {m.name}")
 
     @magic_arguments()
     @argument("name", help="the map's name (or a variable holding a map)")
     @line_magic
     def htc_retry(self, line: str) -> None:
         """Run a map's failed, held and removed items again (``m.retry()``)."""
-        m = self._find_map(self._parse(self.htc_retry, line).name)
-        items = m.retry()
-        print(f"retrying {len(items)} item{'s' if len(items) != 1 else ''} of {m.name}"
-              if items else f"nothing to retry in {m.name}")
+        with self._using_map(self._parse(self.htc_retry, line).name) as m:
+            items = m.retry()
+            print(f"retrying {len(items)} item{'s' if len(items) != 1 else ''} of {m.name}"
+                  if items else f"nothing to retry in {m.name}")
 
     @line_magic
     def htc_pool(self, line: str) -> None:
         """The pool new maps use: slots, CPUs, memory and GPUs, free and total."""
-        from ..backends.resources import pool_resources
+        from ..api import pool_resources
 
         try:
             print(pool_resources(self.pool or None))

@@ -55,6 +55,8 @@ class MapProgress:
     elapsed: float
     eta: float | None
     problems: list[ItemProblem] = field(default_factory=list)
+    #: How the jobs get Python, in words ("" before the first submission chose it).
+    environment: str = ""
 
     @property
     def done(self) -> int:
@@ -111,7 +113,26 @@ def snapshot(m: Map) -> MapProgress:
                 summary = "removed"
             problems.append(ItemProblem(i, s, summary))
     return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), len(states),
-                       counts, elapsed, eta, problems)
+                       counts, elapsed, eta, problems, environment_text(m.environment))
+
+
+def environment_text(record: dict[str, object]) -> str:
+    """The map's environment in a few words: ``"packed environment, 465 MB, packed in
+    15.8 s"``, ``"reused packed environment, 465 MB"``, ``"shared interpreter"``."""
+    kind = record.get("kind")
+    if not kind:
+        return ""
+    size = record.get("size")
+    size_text = f", {int(size) / 1e6:.0f} MB" if isinstance(size, (int, float)) else ""
+    if kind == "pack":
+        how = ("reused packed environment" if record.get("cached")
+               else "packed environment")
+        seconds = record.get("pack_seconds")
+        when = (f", packed in {seconds:.1f} s" if isinstance(seconds, (int, float))
+                and not record.get("cached") else "")
+        return f"{how}{size_text}{when}"
+    return {"shared": "shared interpreter", "archive": f"staged archive{size_text}",
+            "container": "container image"}.get(str(kind), str(kind))
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -138,6 +159,8 @@ def render_text(p: MapProgress, width: int = 40) -> str:
     when = (f"elapsed {format_seconds(p.elapsed)}"
             + ("" if p.finished else f", about {format_seconds(p.eta)} left"))
     lines = [f"{p.name}  [{bar}] {p.headline}  ({count_line(p)}; {when})"]
+    if p.environment:
+        lines.append(f"  environment: {p.environment}")
     for prob in p.problems[:10]:
         lines.append(f"  item {prob.item} {prob.state.value}: {prob.summary}")
     hidden = sum(p.counts[s] for s in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
@@ -178,7 +201,9 @@ def header_html(p: MapProgress) -> str:
         status = f"finished in {format_seconds(p.elapsed)}"
     return (f'<div class="htcml-header"><b>{html.escape(p.name)}</b> &middot; cluster '
             f"{html.escape(clusters)} &middot; {html.escape(p.pool)} &middot; "
-            f"{html.escape(p.resources)}<br>"
+            f"{html.escape(p.resources)}"
+            + (f" &middot; {html.escape(p.environment)}" if p.environment else "")
+            + "<br>"
             f'<span class="htcml-headline" style="font-weight:600">{html.escape(p.headline)}'
             f"</span> &middot; {html.escape(status)}</div>")
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
+from ..training.trials import rank_trials
 from .curves import curves_svg
 from .panel import MapPanel
 from .progress import MapProgress
 
 if TYPE_CHECKING:
-    from ..training.sweeps import Sweep, TrialRow
+    from ..training.sweeps import Sweep
+    from ..training.trials import TrialRow
 
 #: Rows shown in the trials table (best first); the rest are counted.
 TABLE_ROWS = 25
@@ -18,13 +20,9 @@ TABLE_ROWS = 25
 
 def trials_table_html(rows: list[TrialRow], metric: str | None, mode: str) -> str:
     """The trials, best first by ``metric``, as an escaped HTML table."""
-    def key(r: TrialRow) -> tuple[int, float]:
-        if metric and metric in r.metrics:
-            v = r.metrics[metric]
-            return (0, v if mode == "min" else -v)
-        return (1, float(r.trial))
-
-    ordered = sorted(rows, key=key)
+    ranked = (rank_trials(rows, metric, mode, include_running=True)  # type: ignore[arg-type]
+              if metric else [])
+    ordered = ranked + [r for r in rows if r not in ranked]
     params = sorted({k for r in rows for k in r.params})
     head = "".join(f"<th>{html.escape(p)}</th>" for p in params)
     metric_head = f"<th>{html.escape(metric)}</th>" if metric else ""
@@ -34,8 +32,8 @@ def trials_table_html(rows: list[TrialRow], metric: str | None, mode: str) -> st
         value = f"<td>{html.escape(_fmt(r.metrics.get(metric)))}</td>" if metric else ""
         resumed = f" (resumed from {html.escape(_fmt(r.resumed_from))})" \
             if r.evictions and r.resumed_from is not None else ""
-        body.append(f'<tr class="htcml-trial htcml-{html.escape(r.status.split()[0])}">'
-                    f"<td>{r.trial}</td>{cells}{value}<td>{html.escape(r.status)}</td>"
+        body.append(f'<tr class="htcml-trial htcml-{html.escape(r.status.value.split()[0])}">'
+                    f"<td>{r.trial}</td>{cells}{value}<td>{html.escape(r.status.value)}</td>"
                     f"<td>{r.steps}</td><td>{r.evictions}{resumed}</td></tr>")
     more = (f"<tr><td colspan='99'>... {len(rows) - TABLE_ROWS} more trials "
             f"(sweep.table())</td></tr>" if len(rows) > TABLE_ROWS else "")
@@ -82,20 +80,15 @@ class SweepPanel(MapPanel):
         sweep = self.sweep
         rows = sweep.rows(with_results=False)
         histories = sweep.all_reports()
-        names = sorted({k for h in histories.values() for r in h for k in r
-                        if k not in ("step", "time")})
+        names = sweep.metric_names()
         if list(self.metric_choice.options) != names:
             keep = self.metric_choice.value
             self.metric_choice.options = names
             preferred = sweep.metric if sweep.metric in names else (names[0] if names else None)
             self.metric_choice.value = keep if keep in names else preferred
         metric = self.metric_choice.value or sweep.metric
-        status = {r.trial: r.status for r in rows}
-        best = None
-        if metric:
-            done = [r for r in rows if metric in r.metrics and r.status in ("done", "running")]
-            if done:
-                pick = min if sweep.mode == "min" else max
-                best = pick(done, key=lambda r: r.metrics[metric]).trial
+        status = {r.trial: r.status.value for r in rows}
+        ranked = rank_trials(rows, metric, sweep.mode, include_running=True) if metric else []
+        best = ranked[0].trial if ranked else None
         self.plot.value = curves_svg(histories, metric, status, best) if metric else ""
         self.trials.value = trials_table_html(rows, metric, sweep.mode)

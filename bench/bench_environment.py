@@ -1,0 +1,112 @@
+"""Benchmark: packing the notebook's environment and starting a job from the archive.
+
+The real development environment (torch included) is packed into a fresh cache folder,
+then packed again (a cache hit).  The job side is measured by running
+``bootstrap.sh`` directly in a fresh temporary folder, as a job's sandbox (median of
+3): unpack and start the packed interpreter, and unpack, start and ``import torch``.
+
+Baselines, measured in the same run: reading every file of the environment once (the
+floor for any packer), starting this machine's interpreter (``python -c "import sys"``),
+a plain ``tar xzf`` of the archive, and ``import torch`` from the venv itself.  Figures
+are printed as ratios against them.
+
+Run:  .venv/bin/python bench/bench_environment.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from htcml_jupyter.environment import EnvSource, bootstrap_script, pack_environment, size_text
+from htcml_jupyter.environment.layout import plan
+
+RUNS = 3
+
+
+def _read_all(paths: list[str]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    return time.perf_counter() - started
+
+
+def _median(action: Callable[[], float]) -> float:
+    return statistics.median(action() for _ in range(RUNS))
+
+
+def _timed(cmd: list[str], cwd: str | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True,
+                   env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"} if cwd else None)
+    return time.perf_counter() - started
+
+
+def _bootstrap_run(archive: Path, code: str) -> float:
+    """Unpack ``archive`` in a fresh sandbox and run ``code`` with the packed Python."""
+    box = Path(tempfile.mkdtemp(prefix="htcml-bench-sandbox-", dir="/tmp"))
+    try:
+        os.link(archive, box / archive.name)
+        return _timed(["sh", str(bootstrap_script()), archive.name, "-c", code], str(box))
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
+def _untar(archive: Path) -> float:
+    """Plain ``tar xzf`` of ``archive`` into a fresh folder."""
+    box = Path(tempfile.mkdtemp(prefix="htcml-bench-untar-", dir="/tmp"))
+    try:
+        return _timed(["tar", "xzf", str(archive), "-C", str(box)], str(box))
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+
+
+def main() -> int:
+    cache = Path(tempfile.mkdtemp(prefix="htcml-bench-envs-", dir="/tmp"))
+    try:
+        source = EnvSource.current()
+        entries = plan(source)
+        raw = sum(e.size for e in entries)
+        files = [e.source for e in entries if e.source]
+        print(f"environment: {len(files)} files, {size_text(raw)} "
+              f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+        read = _read_all([f for f in files if f])
+        first = pack_environment(source, cache_dir=cache)
+        second = pack_environment(source, cache_dir=cache)
+        assert second.cached and second.digest == first.digest
+        plain = _median(lambda: _timed([sys.executable, "-c", "import sys"]))
+        untar = _median(lambda: _untar(first.path))
+        unpack = _median(lambda: _bootstrap_run(first.path, "import sys"))
+        torch_venv = _median(lambda: _timed([sys.executable, "-c", "import torch"]))
+        torch_packed = _median(lambda: _bootstrap_run(first.path, "import torch"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print(f"baseline: read every file once          {read:7.2f} s")
+    print(f"first pack                              {first.seconds:7.2f} s  "
+          f"= {first.seconds / read:.1f}x reading the files")
+    print(f"archive size                            {size_text(first.size):>9}  "
+          f"= {first.size / raw:.2f}x the files' size")
+    print(f"second pack (cache hit)                 {second.seconds:7.2f} s  "
+          f"= {second.seconds / first.seconds:.3f}x the first pack")
+    print(f"baseline: start this interpreter        {plain:7.2f} s  (median of {RUNS})")
+    print(f"baseline: plain tar xzf of the archive  {untar:7.2f} s  (median of {RUNS})")
+    print(f"job start: unpack + start packed Python {unpack:7.2f} s  "
+          f"= {unpack / plain:.0f}x starting the interpreter, "
+          f"{unpack / untar:.2f}x plain tar xzf")
+    print(f"baseline: import torch in the venv      {torch_venv:7.2f} s")
+    print(f"job start: unpack + import torch        {torch_packed:7.2f} s  "
+          f"= {torch_packed / torch_venv:.1f}x importing it in the venv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reading a map's HTCondor job event log: every event becomes a
+:class:`~htcml_jupyter.engine.state.TaskEvent` for the job's task.
+
+The log is XML (``log_xml = true``): the bindings parse chirp attribute updates (live
+reports) correctly only in that format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..engine.state import EventKind, TaskEvent
+from ..engine.store import MapStore
+from ..jobside import wire
+
+_EVENT_KINDS = {
+    "SUBMIT": EventKind.SUBMITTED,
+    "EXECUTE": EventKind.STARTED,
+    "JOB_EVICTED": EventKind.EVICTED,
+    "JOB_RECONNECT_FAILED": EventKind.EVICTED,
+    "JOB_HELD": EventKind.HELD,
+    "JOB_RELEASED": EventKind.RELEASED,
+    "JOB_TERMINATED": EventKind.FINISHED,
+    "JOB_ABORTED": EventKind.REMOVED,
+}
+
+_HOST = re.compile(r"alias=([^&>]+)")
+
+
+def _detail(kind: EventKind, event: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = {"job_id": f"{event.cluster}.{event.proc}"}
+    if kind is EventKind.STARTED:
+        host = str(event.get("ExecuteHost", ""))
+        m = _HOST.search(host)
+        detail["host"] = m.group(1) if m else str(event.get("SlotName", host))
+    elif kind is EventKind.HELD:
+        detail["reason"] = str(event.get("HoldReason", "held"))
+        code = event.get("HoldReasonCode")
+        detail["code"] = int(code) if code is not None else None
+    elif kind is EventKind.FINISHED:
+        if event.get("TerminatedNormally", True):
+            detail["exit_code"] = int(event.get("ReturnValue", 0))
+        else:
+            detail["exit_code"] = -int(event.get("TerminatedBySignal", 1))
+    elif kind is EventKind.REMOVED:
+        detail["reason"] = str(event.get("Reason", "removed"))
+    return detail
+
+
+class CondorEventReader:
+    """Reads new events from a map's job event log and names the task of each."""
+
+    def __init__(self, store: MapStore):
+        self.store = store
+        self._log: Any = None
+        self._job_task: dict[tuple[int, int], int] = {}
+        self._clusters: set[int] = set()
+        #: True once the log could not be read (damaged or deleted).
+        self.damaged = False
+        self._inode: int | None = None
+
+    def _learn_submissions(self) -> None:
+        for sub in self.store.submissions():
+            cluster = int(sub["cluster"])
+            if cluster not in self._clusters:
+                self._clusters.add(cluster)
+                for proc, task in enumerate(sub["tasks"]):
+                    self._job_task[(cluster, proc)] = int(task)
+
+    def job_tasks(self) -> dict[tuple[int, int], int]:
+        """``{(cluster, proc): task}`` for every job submitted so far."""
+        self._learn_submissions()
+        return dict(self._job_task)
+
+    @property
+    def clusters(self) -> set[int]:
+        self._learn_submissions()
+        return set(self._clusters)
+
+    def read(self) -> list[TaskEvent]:
+        import htcondor2
+
+        try:
+            inode = self.store.event_log.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if self._log is not None and inode != self._inode:
+            # the log was deleted (and maybe written anew by the shadow): follow the file
+            # that is there now
+            self.damaged = True
+            self._log.close()
+            self._log = None
+        if self._log is None:
+            if inode is None:
+                return []
+            self._log = htcondor2.JobEventLog(str(self.store.event_log))
+            self._inode = inode
+        out: list[TaskEvent] = []
+        try:
+            events = list(self._log.events(stop_after=0))
+        except Exception:
+            # A damaged log (truncated or corrupted by hand): keep what was read; the
+            # queue check and the outcome files settle the jobs it no longer tells about.
+            self.damaged = True
+            return out
+        for event in events:
+            if event.type.name == "ATTRIBUTE_UPDATE":
+                report = self._report(event)
+                if report is not None:
+                    out.append(report)
+                continue
+            if event.type.name == "CLUSTER_REMOVE":
+                # Late materialization: jobs never materialized end with their cluster.
+                self._learn_submissions()
+                out.extend(TaskEvent(task, EventKind.REMOVED, float(event.timestamp),
+                                     {"reason": "its cluster was removed"})
+                           for (cluster, _), task in self._job_task.items()
+                           if cluster == event.cluster)
+                continue
+            kind = _EVENT_KINDS.get(event.type.name)
+            if kind is None:
+                continue
+            key = (event.cluster, event.proc)
+            if key not in self._job_task:
+                self._learn_submissions()
+            task = self._job_task.get(key)
+            if task is None:
+                continue
+            out.append(TaskEvent(task, kind, float(event.timestamp), _detail(kind, event)))
+        return out
+
+    def _report(self, event: Any) -> TaskEvent | None:
+        if event.get("Attribute") != wire.REPORT_ATTRIBUTE:
+            return None
+        key = (event.cluster, event.proc)
+        if key not in self._job_task:
+            self._learn_submissions()
+        task = self._job_task.get(key)
+        if task is None:
+            return None
+        try:
+            value = event.get("Value")
+            text = json.loads(value) if isinstance(value, str) and value.startswith('"') else value
+            records = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        return TaskEvent(task, EventKind.REPORTED, float(event.timestamp),
+                         {"records": records})
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None

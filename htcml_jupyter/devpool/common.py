@@ -1,0 +1,188 @@
+"""What the ways of running the project's pool share: settings, the recorded state,
+and small helpers for commands, mounts and the client configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..paths import htcml_home
+
+POOL_USER = "htcml"
+POOL_UID = 1777
+ROOTFS_SUITE = "trixie"
+TUNING = """\
+# Written by htcml_jupyter: a fast, small single-node pool.
+NEGOTIATOR_INTERVAL = 1
+NEGOTIATOR_MIN_INTERVAL = 1
+NEGOTIATOR_CYCLE_DELAY = 1
+SCHEDD_INTERVAL = 2
+UPDATE_INTERVAL = 2
+STARTER_UPDATE_INTERVAL = 2
+STARTER_INITIAL_UPDATE_INTERVAL = 1
+SHADOW_QUEUE_UPDATE_INTERVAL = 2
+NUM_CPUS = {num_cpus}
+use FEATURE : GPUs
+GPU_DISCOVERY_EXTRA = -sim:4,2
+MachineMaxVacateTime = 5
+RUNBENCHMARKS = 0
+"""
+ROOTFS_EXTRA = """\
+MOUNT_UNDER_SCRATCH =
+USE_PID_NAMESPACES = False
+"""
+
+
+class PoolError(RuntimeError):
+    """The project's pool could not be started, stopped or reached."""
+
+
+@dataclass
+class PoolState:
+    """What ``pool up`` recorded: how to reach the pool and what to undo.
+
+    ``mode`` is ``"native"``, ``"rootfs"`` (the shared pool in a Debian root) or
+    ``"isolated"``.  The isolated pool also records its ``roots`` and ``ports`` by role
+    (``"submit"``, ``"exec1"``, ...) and the ``FileSystemDomain`` of each side.
+    """
+
+    mode: str
+    state_dir: str
+    client_config: str
+    job_user: str
+    job_uid: int
+    rootfs: str = ""
+    mounts: list[str] = field(default_factory=list)
+    shared_paths: list[str] = field(default_factory=list)
+    started: float = 0.0
+    roots: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    collector: str = ""
+    submit_filesystem_domain: str = ""
+    exec_filesystem_domain: str = ""
+
+    def save(self) -> None:
+        """Write the state to ``state.json`` in its state folder."""
+        path = Path(self.state_dir) / "state.json"
+        tmp = path.with_name(f"state.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)  # a reader never sees half a file
+
+    @classmethod
+    def load(cls, state_dir: Path | None = None) -> PoolState | None:
+        """The state saved in ``state_dir`` (default: the shared pool's), or None."""
+        path = (state_dir or default_state_dir()) / "state.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def default_state_dir() -> Path:
+    """Where the project's pool keeps its state (``$HTCML_POOL_DIR`` overrides)."""
+    env = os.environ.get("HTCML_POOL_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/htcml/pool")
+    return htcml_home() / "pool"
+
+
+def isolated_state_dir() -> Path:
+    """Where the isolated pool keeps its state: beside the shared pool's folder, with
+    ``-isolated`` added (``/var/lib/htcml/pool-isolated`` as root)."""
+    base = default_state_dir()
+    return base.with_name(base.name + "-isolated")
+
+
+def chroot_env() -> dict[str, str]:
+    """This process's environment without HTCondor settings: the daemons and tools in
+    the root must read the root's own configuration, not a client's CONDOR_CONFIG."""
+    return {k: v for k, v in os.environ.items()
+            if k != "CONDOR_CONFIG" and not k.startswith("_CONDOR_")}
+
+
+def run(cmd: list[str], *, check: bool = True, quiet: bool = True, **kw: object) -> str:
+    """Run a command and return its output; a failure raises :class:`PoolError`.
+
+    Commands run through ``chroot`` get :func:`chroot_env` unless ``env`` is given.
+    """
+    if cmd and cmd[0] == "chroot" and "env" not in kw:
+        kw["env"] = chroot_env()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise PoolError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    if not quiet:
+        print(proc.stdout, end="")
+    return str(proc.stdout)
+
+
+def say(msg: str) -> None:
+    """Tell the user what the pool set-up is doing (on standard error)."""
+    print(f"[htcml pool] {msg}", file=sys.stderr, flush=True)
+
+
+def is_mounted(path: str) -> bool:
+    """Whether something is mounted exactly at ``path``."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def interpreter_paths() -> list[str]:
+    """Host folders a job needs to run this interpreter with its packages."""
+    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            paths.add(os.path.realpath(entry))
+    # Keep only the outermost folders.
+    kept: list[str] = []
+    for p in sorted(paths):
+        if p in ("/", "/usr", "/tmp") or p.startswith("/usr/"):
+            continue
+        if not any(p == k or p.startswith(k + "/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+def package_folder() -> str:
+    """The folder holding the installed ``htcml_jupyter`` package (the shadow reads the
+    job-side files, such as ``runner.py``, from there)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def write_client_config(state: PoolState, token: str, *, condor_host: str = "127.0.0.1") -> None:
+    """Write the client configuration and the job user's token into the state folder.
+
+    Parameters
+    ----------
+    state
+        The pool's state; its ``client_config`` is set to the file written.
+    token
+        An IDTOKEN for the job user, written (alone) to ``<state_dir>/tokens.d``.
+    condor_host
+        The collector's address, with a port when it is not 9618.
+    """
+    state_dir = Path(state.state_dir)
+    tokens = state_dir / "tokens.d"
+    tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in tokens.iterdir():
+        old.unlink()
+    token_file = tokens / "htcml"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable
+    with os.fdopen(fd, "w") as f:                                            # by others
+        f.write(token.strip() + "\n")
+    config = state_dir / "condor_config"
+    config.write_text(
+        "# Client configuration for the htcml_jupyter pool (written by `htcml pool up`).\n"
+        f"CONDOR_HOST = {condor_host}\n"
+        "NETWORK_INTERFACE = 127.0.0.1\n"
+        "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS, FS\n"
+        f"SEC_TOKEN_DIRECTORY = {tokens}\n"
+        f"HTCML_JOB_USER = {state.job_user}\n"
+    )
+    state.client_config = str(config)

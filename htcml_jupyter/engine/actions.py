@@ -1,0 +1,156 @@
+"""Acting on a map's jobs: cancel, abort, evict, release and retry.
+
+:class:`MapActions` is the part of :class:`~htcml_jupyter.engine.mapping.Map` that
+changes jobs; it acts through the map's backend only (the :class:`Backend` protocol).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .chunking import auto_chunksize
+from .options import SubmitOptions
+from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
+from .store import MapStore
+from .submission import read_arguments, submit_tasks, write_tasks
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
+
+
+class MapActions:
+    """Cancel, abort, vacate, release and retry (mixed into ``Map``)."""
+
+    if TYPE_CHECKING:  # provided by Map
+        store: MapStore
+        backend: Backend
+        meta: dict[str, Any]
+        options: SubmitOptions
+        n_items: int
+        _lock: threading.RLock
+        _table: TaskTable
+
+        @property
+        def name(self) -> str: ...
+
+        def refresh(self) -> bool: ...
+
+        def item_states(self) -> list[ItemState]: ...
+
+        def _check_index(self, item: int) -> None: ...
+
+        def _status_of(self, item: int) -> TaskStatus: ...
+
+    def _job_ids(self, phases: tuple[TaskPhase, ...]) -> list[str]:
+        return [t.job_id for t in self._table.tasks.values()
+                if t.phase in phases and t.job_id is not None]
+
+    def cancel(self) -> None:
+        """Remove every unfinished job of the map; finished results stay on disk."""
+        self.refresh()
+        with self._lock:
+            clusters = {int(s["cluster"]) for s in self.store.submissions()}
+        self.backend.remove_clusters(self.store, clusters, "cancelled by htcml_jupyter")
+
+    def abort(self, items: Iterable[int], reason: str = "aborted") -> list[int]:
+        """Stop unfinished items on purpose (e.g. early stopping): their jobs are removed
+        and they are recorded as aborted with ``reason``; returns the items stopped."""
+        states = self.item_states()
+        with self._lock:
+            stopped = []
+            job_ids = []
+            for item in items:
+                self._check_index(item)
+                if states[item].settled:
+                    continue
+                status = self._table.tasks[self._table.item_task[item]]
+                self.store.add_abort(item, reason)
+                stopped.append(item)
+                if status.job_id:
+                    job_ids.append(status.job_id)
+                else:
+                    job_ids.append(self._planned_job_id(status.task))
+        ids = [j for j in dict.fromkeys(job_ids) if j]
+        if ids:
+            self.backend.remove_jobs(self.store, ids, f"aborted by htcml_jupyter: {reason}")
+        return stopped
+
+    def _planned_job_id(self, task: int) -> str:
+        for sub in self.store.submissions():
+            if task in sub["tasks"]:
+                return self.backend.job_id(int(sub["cluster"]), sub["tasks"].index(task), task)
+        return ""
+
+    @property
+    def aborted(self) -> dict[int, str]:
+        """Items stopped on purpose with :meth:`abort`: ``{item: reason}``."""
+        return self.store.aborted()
+
+    def vacate(self, items: Iterable[int] | None = None) -> int:
+        """Evict running jobs (as preemption would): they go back to the queue and run
+        again, from their last checkpoint when they save one.  Returns how many."""
+        states = self.item_states()
+        wanted = range(self.n_items) if items is None else items
+        with self._lock:
+            ids = {self._table.tasks[self._table.item_task[i]].job_id for i in wanted
+                   if states[i] is ItemState.RUNNING}
+        ids.discard(None)
+        self.backend.vacate(self.store, sorted(j for j in ids if j))
+        return len(ids)
+
+    def release(self) -> int:
+        """Release held jobs so they run again; returns how many were released."""
+        self.refresh()
+        with self._lock:
+            ids = self._job_ids((TaskPhase.HELD,))
+        self.backend.release(self.store, ids)
+        return len(ids)
+
+    def retry(self, items: Iterable[int] | None = None) -> list[int]:
+        """Run failed, held and removed items again as new jobs; returns their indexes.
+
+        Held jobs are removed first.  ``items`` restricts the retry to those items.
+        """
+        states = self.item_states()
+        wanted = set(range(self.n_items)) if items is None else set(items)
+        for i in wanted:
+            self._check_index(i)
+        again = sorted(i for i in wanted
+                       if states[i] in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
+        if not again:
+            return []
+        with self._lock:
+            held = [self._status_of(i).job_id for i in again if states[i] is ItemState.HELD]
+        held_ids = [j for j in dict.fromkeys(held) if j]
+        if held_ids:
+            self.backend.remove_jobs(self.store, held_ids, "retried by htcml_jupyter")
+        arguments = read_arguments(self.store, again)
+        size = self._chunksize_for(len(again))
+        with self._lock:
+            tasks = write_tasks(self.store, arguments, again, size,
+                                first_task=self._table.next_task_id())
+            for task, chunk in tasks:
+                self._table.add_task(task, chunk)
+        try:
+            submit_tasks(self.store, self.backend, tasks, self.options,
+                         self.meta.get("batch_name", self.name))
+        except BaseException as exc:  # nothing was queued: the new jobs must not wait
+            reason = f"submitting the retry failed: {exc}"
+            new = [task for task, _ in tasks]
+            self.store.add_unsubmitted(new, reason)
+            with self._lock:
+                for task in new:
+                    self._table.apply(TaskEvent(task, EventKind.REMOVED, time.time(),
+                                                {"reason": reason}))
+            raise
+        return again
+
+    def _chunksize_for(self, n: int) -> int:
+        size = self.meta.get("chunksize", 1)
+        if size == "auto":
+            return auto_chunksize(n, self.backend.capacity(self.options))
+        return int(size)
+

@@ -1,0 +1,143 @@
+"""Which environment a map's jobs get: the meaning of ``environment=``.
+
+``"auto"`` follows HTCondor's own rule for a shared filesystem: the execute machines
+share the submit side's files when they advertise the same ``FileSystemDomain``.  The
+schedd's ad in the collector does not carry that attribute, so the submit side's domain
+is read from the schedd's configuration (``FILESYSTEM_DOMAIN`` through
+``htcondor2.RemoteParam``), and from the pool's client configuration when the schedd
+does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.options import OptionError, SubmitOptions
+
+#: The kinds of environment a map can record.
+KINDS = ("shared", "pack", "archive", "container")
+#: URL schemes HTCondor's file transfer fetches itself.
+URL_SCHEMES = ("https://", "http://", "osdf://", "pelican://", "stash://", "s3://")
+
+Domains = tuple[str | None, list[str]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a map's jobs get Python.
+
+    Attributes
+    ----------
+    kind
+        One of :data:`KINDS`.
+    reason
+        Why, in words (printed once per map).
+    archive
+        For ``"archive"``: the path or URL given; ``None`` otherwise.
+    """
+
+    kind: str
+    reason: str
+    archive: str | None = None
+
+
+def auto_decision(submit_domain: str | None, execute_domains: Iterable[str]) -> Decision:
+    """``environment="auto"``: ``shared`` when every execute machine advertises the
+    submit side's filesystem domain, ``pack`` otherwise.
+
+    Parameters
+    ----------
+    submit_domain
+        The schedd's ``FILESYSTEM_DOMAIN``; ``None`` when unknown.
+    execute_domains
+        The ``FileSystemDomain`` of each execute machine (repeats are fine).
+    """
+    domains = sorted(set(execute_domains))
+    if not domains:
+        return Decision("pack", "no execute machine advertises a filesystem domain yet, "
+                                "so none can be assumed to share the submit side's files")
+    if not submit_domain:
+        return Decision("pack", "the submit side's filesystem domain is unknown")
+    others = [d for d in domains if d != submit_domain]
+    if not others:
+        return Decision("shared", f"the execute machines share the submit side's "
+                                  f"filesystem domain {submit_domain}")
+    which = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    noun = "domain" if len(others) == 1 else "domains"
+    verb = "differs" if len(others) == 1 else "differ"
+    return Decision("pack", f"the execute machines' filesystem {noun} {which} {verb} from "
+                            f"the submit side's {submit_domain}")
+
+
+def is_url(value: str) -> bool:
+    """Whether ``value`` is a URL HTCondor's file transfer can fetch."""
+    return value.lower().startswith(URL_SCHEMES)
+
+
+def decide(options: SubmitOptions, domains: Callable[[], Domains]) -> Decision:
+    """Resolve ``options.environment`` (``domains`` is only asked for ``"auto"``).
+
+    ``container_image=`` wins over ``environment=``; ``python=`` names the interpreter
+    on the execute side, which is then used as it is.
+    """
+    if options.container_image:
+        return Decision("container", f"the jobs run in {options.container_image} with its "
+                                     f"{options.python or 'python3'}; environment= is ignored")
+    if options.python:
+        return Decision("shared", f"python={options.python} names the execute side's "
+                                  f"interpreter")
+    value = (options.environment or "auto").strip()
+    if value == "shared":
+        return Decision("shared", "environment='shared': the jobs run this interpreter "
+                                  "by its path")
+    if value == "pack":
+        return Decision("pack", "environment='pack'")
+    if value == "auto":
+        return auto_decision(*domains())
+    if is_url(value):
+        return Decision("archive", f"the archive at {value}", archive=value)
+    path = os.path.abspath(os.path.expanduser(value))
+    if not path.endswith((".tar.gz", ".tgz")):
+        raise OptionError(f"environment={value!r} is not 'auto', 'pack', 'shared', an "
+                          f"archive made by `htcml env pack` (.tar.gz) or its URL")
+    if not os.path.isfile(path):
+        raise OptionError(f"environment={value!r}: no such archive ({path}); make one with "
+                          f"`htcml env pack --output {value}`")
+    return Decision("archive", f"the archive {path}", archive=path)
+
+
+def pool_domains(config: str | None) -> Domains:
+    """The submit side's filesystem domain and the execute machines' ones, from the pool
+    named by the client configuration ``config``."""
+    from ..backends.bindings import pool_config
+
+    with pool_config(config) as htcondor2:
+        collector = htcondor2.Collector()
+        startds = collector.query(htcondor2.AdType.Startd,
+                                  projection=["Machine", "FileSystemDomain"])
+        execute = [str(ad["FileSystemDomain"]) for ad in startds
+                   if ad.get("FileSystemDomain")]
+        submit = _schedd_domain(htcondor2, collector)
+        if not submit:
+            submit = htcondor2.param.get("FILESYSTEM_DOMAIN")
+    return (str(submit) if submit else None), execute
+
+
+def _schedd_domain(htcondor2: Any, collector: Any) -> str | None:
+    """``FileSystemDomain`` of the schedd's ad if it has one, else the schedd's own
+    ``FILESYSTEM_DOMAIN`` setting."""
+    try:
+        located = collector.locate(htcondor2.DaemonType.Schedd)
+        ads = collector.query(htcondor2.AdType.Schedd,
+                              constraint=f'Name == "{located["Name"]}"',
+                              projection=["Name", "FileSystemDomain"])
+        for ad in ads:
+            if ad.get("FileSystemDomain"):
+                return str(ad["FileSystemDomain"])
+        value = htcondor2.RemoteParam(located).get("FILESYSTEM_DOMAIN")
+        return str(value) if value else None
+    except Exception:
+        return None
