@@ -17,7 +17,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from htcml_jupyter import devpool
 from htcml_jupyter.backends.bindings import pool_config
-from htcml_jupyter.backends.pools import project_backend
+from htcml_jupyter.backends.pools import isolated_backend, project_backend
+from htcml_jupyter.devpool import PoolState
 
 #: CONDOR_CONFIG as the session found it (before any test module imported the bindings).
 _CONDOR_CONFIG_AT_START = os.environ.get("CONDOR_CONFIG")
@@ -51,7 +52,8 @@ def _session_environment() -> Iterator[None]:
 def _environment_is_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test may leave CONDOR_CONFIG changed (it would redirect every later map), and a
     test that needs the pool must say so with ``@pytest.mark.pool``."""
-    uses_pool = {"pool", "pool_env", "lab"} & set(request.fixturenames)
+    uses_pool = {"pool", "pool_env", "lab", "isolated_pool", "iso_root"} & set(
+        request.fixturenames)
     if uses_pool and request.node.get_closest_marker("pool") is None:
         pytest.fail(f"{request.node.nodeid} uses the pool ({', '.join(sorted(uses_pool))}) "
                     f"but is not marked @pytest.mark.pool", pytrace=False)
@@ -134,3 +136,32 @@ def ip() -> InteractiveShell:
     assert shell is not None
     shell.run_line_magic("load_ext", "htcml_jupyter")
     return shell
+
+
+@pytest.fixture(scope="session")
+def isolated_pool() -> PoolState:
+    """The project's isolated pool (execute side shares nothing), started when not up."""
+    if os.geteuid() != 0:
+        pytest.skip("the isolated pool needs root")
+    state = devpool.running_state(isolated=True)
+    if state is None:
+        state = devpool.up(isolated=True)
+    assert state.mode == "isolated"
+    backend = isolated_backend()
+    assert backend is not None
+    backend.check_reachable()
+    return state
+
+
+@pytest.fixture(scope="session")
+def iso_root(isolated_pool: PoolState) -> Iterator[Path]:
+    """A folder under /tmp (seen by the submit side only) for maps on the isolated pool."""
+    root = Path(tempfile.mkdtemp(prefix="htcml-isolated-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    try:
+        with pool_config(isolated_pool.client_config) as htcondor2:
+            htcondor2.Schedd().act(htcondor2.JobAction.Remove, f'regexp("^{root}/", Iwd)')
+    except Exception:
+        pass
+    shutil.rmtree(root, ignore_errors=True)

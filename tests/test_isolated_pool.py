@@ -50,33 +50,6 @@ with open("probe.json", "w") as f:
 
 
 @pytest.fixture(scope="module")
-def isolated_pool() -> PoolState:
-    """The isolated pool, started through the Python API when it is not up."""
-    state = devpool.running_state(isolated=True)
-    if state is None:
-        state = devpool.up(isolated=True)
-    assert state.mode == "isolated"
-    backend = isolated_backend()
-    assert backend is not None
-    backend.check_reachable()
-    return state
-
-
-@pytest.fixture(scope="module")
-def iso_root(isolated_pool: PoolState) -> Iterator[Path]:
-    """A folder under /tmp (seen by the submit side only) for this module's maps and jobs."""
-    root = Path(tempfile.mkdtemp(prefix="htcml-isolated-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    try:
-        with pool_config(isolated_pool.client_config) as htcondor2:
-            htcondor2.Schedd().act(htcondor2.JobAction.Remove, f'regexp("^{root}/", Iwd)')
-    except Exception:
-        pass
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def home_marker() -> Iterator[Path]:
     """A folder in this machine's /home, which no job of the isolated pool may see."""
     marker = Path(tempfile.mkdtemp(prefix="htcml-isolated-marker-", dir="/home"))

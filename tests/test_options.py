@@ -69,3 +69,34 @@ def test_size_in_mb(text: str, mb: int) -> None:
     (10, 8, 1), (16, 8, 1), (17, 8, 3), (100, 8, 13), (1000, 8, 125), (5, 0, 1)])
 def test_auto_chunksize(items: int, slots: int, size: int) -> None:
     assert auto_chunksize(items, slots) == size
+
+
+@pytest.mark.parametrize("value", ["0GB", "0", 0, -2, 0.0])
+def test_sizes_must_be_positive(value: object) -> None:
+    with pytest.raises(OptionError, match="positive"):
+        SubmitOptions.from_kwargs({"request_memory": value})
+
+
+def test_fractional_megabytes_round_up() -> None:
+    assert SubmitOptions.from_kwargs({"request_memory": 0.5}).request_memory == "1MB"
+
+
+@pytest.mark.parametrize("name", ["runner.py", "function.pkl", "outcome.pkl", "wire.py"])
+def test_input_files_may_not_take_the_runners_names(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("")
+    with pytest.raises(OptionError, match="rename it"):
+        SubmitOptions.from_kwargs({"input_files": [str(path)]})
+
+
+def test_site_options_become_classad_attributes() -> None:
+    cmds = SubmitOptions.from_kwargs({
+        "project_name": 'Lab "A"', "want_gpu_lab": True, "gpu_job_length": "long",
+        "want_flocking": True}).submit_commands()
+    assert cmds["My.ProjectName"] == '"Lab \\"A\\""'
+    assert cmds["My.WantGPULab"] == "true" and cmds["My.GPUJobLength"] == '"long"'
+    assert cmds["My.WantFlocking"] == "true"
+    assert "My.GPUJobLength" not in SubmitOptions.from_kwargs(
+        {"gpu_job_length": "short"}).submit_commands()  # only with want_gpu_lab
+    with pytest.raises(OptionError, match="short"):
+        SubmitOptions.from_kwargs({"gpu_job_length": "forever"})

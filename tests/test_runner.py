@@ -65,3 +65,57 @@ def test_garbage_payload_gives_a_structured_error(tmp_path: Path) -> None:
     assert code == runner.EXIT_PAYLOAD_FAILED
     assert records[0]["index"] == 3
     assert "could not unpickle" in records[0]["error"]["message"]
+
+
+def die_on_item(x: int, log: str = "", die: int = -1) -> int:
+    """Appends ``x`` to ``log``, then dies hard (no outcome written) when ``x == die``."""
+    import os
+
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == die:
+        os._exit(137)  # as the kernel's out-of-memory killer would end it
+    return x * 10
+
+
+def test_finished_items_survive_a_killed_chunk_and_are_not_run_again(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    dump_function(die_on_item, {"log": str(log), "die": 2}, tmp_path / "function.pkl")
+    dump_items([(0, 0), (1, 1), (2, 2), (3, 3)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == 137
+    by_item = {r["index"]: r for r in records}
+    assert [pickle.loads(by_item[i]["value"]) for i in (0, 1)] == [0, 10]  # on disk already
+    assert by_item[2].get("lost") and by_item[3].get("lost")
+    # the job runs again in the same folder (after an eviction or a checkpoint exit)
+    dump_function(die_on_item, {"log": str(log), "die": -1}, tmp_path / "function.pkl")
+    code, records = _run(tmp_path)
+    assert code == runner.EXIT_OK
+    assert [pickle.loads(r["value"]) for r in records] == [0, 10, 20, 30]
+    assert log.read_text().split() == ["0", "1", "2", "2", "3"]  # 0 and 1 ran once
+
+
+def saves_state(x: int) -> dict[str, Any]:
+    import htcml_jupyter as htc
+
+    ckpt = htc.checkpoint(every=1000)
+    seen = ckpt.restore()
+    ckpt.save({"x": x})
+    return {"restored": seen, "folder": ckpt.folder}
+
+
+def test_items_of_one_job_keep_separate_checkpoints(tmp_path: Path) -> None:
+    import os
+
+    dump_function(saves_state, {}, tmp_path / "function.pkl")
+    dump_items([(0, 7), (1, 8)], tmp_path / "items.pkl")
+    env = {**os.environ, "_HTCML_LOCAL": "1"}
+    proc = subprocess.run([sys.executable, runner.__file__, "function.pkl", "items.pkl",
+                           "outcome.pkl"], cwd=tmp_path, env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "outcome.pkl", "rb") as f:
+        runner.read_header(f)
+        values = [pickle.loads(r["value"]) for r in pickle.loads(f.read())]
+    assert [v["restored"] for v in values] == [None, None]  # item 1 never saw item 0's state
+    assert values[0]["folder"] != values[1]["folder"]
+    assert os.listdir(tmp_path / "htcml_checkpoint") == []  # emptied once all are recorded

@@ -291,7 +291,8 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
     shared = _mount_submit(submit, mounts)
     if os.geteuid() == 0:
         home = htcml_home()
-        os.chown(home, uid, uid)
+        # root's folder stays root's: jobs write only into the map folders given to them
+        os.chown(home, 0, 0)
         home.chmod(0o755)
     _prepare(submit)
     (submit / "etc/condor/config.d/90-htcml").write_text(_submit_config(num_cpus))

@@ -168,7 +168,8 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
         raise PoolError(f"{shm} is not writable inside the root")
     home = htcml_home()
     if os.geteuid() == 0:
-        os.chown(home, uid, uid)
+        # root's folder stays root's: jobs write only into the map folders given to them
+        os.chown(home, 0, 0)
         home.chmod(0o755)
     run_condor = rootfs / "run/condor"
     run_condor.mkdir(parents=True, exist_ok=True)

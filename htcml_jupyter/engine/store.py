@@ -106,14 +106,21 @@ class MapStore:
         return cls(path)
 
     def chown(self, uid: int, root: Path | None = None) -> None:
-        """Give the folder to the user the pool's jobs run as (when we are root)."""
+        """Give the folder to the user the pool's jobs run as (when we are root).
+
+        Never follows a symbolic link: the job user can write into the folder, and a link
+        planted there must not make root give away the file it points to.
+        """
         for sub in (root,) if root is not None else ():
-            if sub is not None and sub.stat().st_uid != uid:
-                os.chown(sub, uid, -1)
-        for dirpath, _dirs, files in os.walk(self.path):
-            os.chown(dirpath, uid, -1)
-            for f in files:
-                os.chown(os.path.join(dirpath, f), uid, -1)
+            if sub is not None and sub.lstat().st_uid != uid:
+                os.chown(sub, uid, -1, follow_symlinks=False)
+        for dirpath, dirs, files in os.walk(self.path):  # does not descend into links
+            os.chown(dirpath, uid, -1, follow_symlinks=False)
+            for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))):
+                path = os.path.join(dirpath, name)
+                if os.lstat(path).st_nlink > 1:
+                    continue  # a hard link to a file outside (a cached environment pack)
+                os.chown(path, uid, -1, follow_symlinks=False)
 
     # metadata ------------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:

@@ -43,7 +43,8 @@ EOF
 }
 
 # --------------------------------------------------------------- machine-wide cache
-cache_root=${HTCML_ENV_CACHE:-${TMPDIR:-/tmp}/htcml-env-$(id -u)}
+# not $TMPDIR: HTCondor points that into the job's own folder
+cache_root=${HTCML_ENV_CACHE:-/tmp/htcml-env-$(id -u)}
 key=$(basename "$archive" .tar.gz)
 
 use_cache() {

@@ -1,0 +1,39 @@
+"""The map folder: what root may give to the job user, and map names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from htcml_jupyter.engine.store import MapStore
+
+JOB_UID = 1777
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_chown_never_follows_links_the_job_user_planted(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"           # stands for /etc/shadow
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    shared = tmp_path / "cache.tar.gz"     # stands for a cached environment pack
+    shared.write_text("pack")
+    store = MapStore.create(tmp_path / "maps", "m1", {"name": "m1"})
+    (store.path / "outputs" / "x").symlink_to(secret)
+    (store.path / "logs" / "dir").symlink_to(tmp_path, target_is_directory=True)
+    os.link(shared, store.path / "cache.tar.gz")
+    store.chown(JOB_UID)
+    assert secret.stat().st_uid == 0 and shared.stat().st_uid == 0
+    assert tmp_path.stat().st_uid == 0
+    assert (store.path / "outputs" / "x").lstat().st_uid == JOB_UID
+    assert (store.path / "outputs").stat().st_uid == JOB_UID
+    assert (store.path / "map.json").stat().st_uid == JOB_UID
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 101, "a\nb"])
+def test_open_refuses_names_that_are_not_map_names(tmp_path: Path, name: str) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "map.json").write_text("{}")
+    with pytest.raises(ValueError, match="map name"):
+        MapStore.open(tmp_path / "maps", name)
