@@ -66,7 +66,8 @@ class CondorBackend:
                     if attempt == 1 and _stale_session(exc):
                         continue
                     raise PoolUnavailable(
-                        f"cannot reach the schedd of {self.description}: {exc}. Start the "
+                        f"cannot reach the schedd of {self.description}: {str(exc).rstrip('.')}. "
+                        f"Start the "
                         f"project's pool with `htcml pool up`, or check CONDOR_CONFIG"
                     ) from exc
                 try:

@@ -42,8 +42,9 @@ def launch_for(kind: str, options: SubmitOptions, archive: str | None = None) ->
     ----------
     kind
         ``"shared"`` or ``"container"``: the interpreter of :func:`default_launch`;
-        ``"pack"`` or ``"archive"``: ``bootstrap.sh`` with ``archive`` (a path, or a URL
-        HTCondor fetches) sent along.
+        ``"pack"``: ``bootstrap.sh``, which fetches the packed ``archive`` through chirp
+        when its machine has no unpacked copy; ``"archive"``: ``bootstrap.sh`` with
+        ``archive`` (a path, or a URL HTCondor fetches) sent along.
     options
         The map's submit options.
     archive
@@ -60,6 +61,14 @@ def launch_for(kind: str, options: SubmitOptions, archive: str | None = None) ->
     if kind not in ("pack", "archive") or not archive:
         raise ValueError(f"no launch for an environment of kind {kind!r} "
                          f"(archive {archive!r})")
+    if kind == "pack":
+        # The pack stays on the submit side: a job fetches it through chirp only when its
+        # machine holds no unpacked copy yet (bootstrap.sh --fetch), so a warm machine
+        # costs no transfer at all.
+        return JobLaunch(executable=str(bootstrap_script()), transfer_executable=True,
+                         arguments_prefix=("--fetch", os.path.abspath(archive),
+                                           archive_name(archive)),
+                         input_files=(pickler,))
     return JobLaunch(executable=str(bootstrap_script()), transfer_executable=True,
                      arguments_prefix=(archive_name(archive),),
                      input_files=(archive, pickler))

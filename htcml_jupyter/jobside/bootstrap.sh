@@ -2,6 +2,11 @@
 # Start a job with a packed Python environment (made by `htcml env pack`).
 #
 # Usage: bootstrap.sh ARCHIVE runner.py FUNCTION_FILE INPUT_FILE OUTCOME_FILE
+#        bootstrap.sh --fetch SUBMIT_SIDE_PATH ARCHIVE runner.py ...
+#
+# With --fetch the archive is not sent with the job: it is fetched from the submit side
+# through the job's chirp connection (condor_chirp fetch), and only when this machine
+# has no unpacked copy of it yet.
 #
 # Unpacks ARCHIVE (a .tar.gz in the job's folder) into ./htcml_env once, checks that
 # the packed interpreter starts here, then runs the rest of the arguments with it.
@@ -17,12 +22,21 @@
 
 EXIT_ENVIRONMENT_FAILED=5
 
-archive=$1
-shift
+remote=
+if [ "$1" = --fetch ]; then
+    remote=$2
+    archive=$3
+    shift 3
+else
+    archive=$1
+    shift
+fi
 env_dir=$(pwd)/htcml_env
 python=$env_dir/bin/python3
 
+claimed=
 fail() {
+    [ -z "$claimed" ] || rmdir "$claimed" 2>/dev/null
     echo "htcml: the execute side needs $1; it has $2; use environment=shared (a shared" \
          "filesystem), python=<an interpreter there> or container_image=<an image with" \
          "Python ${want_python:-3}>" >&2
@@ -42,6 +56,21 @@ EOF
     printf '%.300s' "$found"
 }
 
+fetch() {
+    # the archive from the submit side, unless it came with the job
+    [ -f "$archive" ] && return 0
+    [ -n "$remote" ] || return 0
+    chirp=$(condor_config_val LIBEXEC 2>/dev/null)/condor_chirp
+    [ -x "$chirp" ] || chirp=/usr/libexec/condor/condor_chirp
+    [ -x "$chirp" ] || fail "condor_chirp, to fetch the environment $remote" \
+                            "none in HTCondor's LIBEXEC folder"
+    if ! out=$("$chirp" fetch "$remote" "$archive" 2>&1); then
+        rm -f "$archive"
+        fail "a chirp connection that may read $remote from the submit side" \
+             "$(one_line "$out")"
+    fi
+}
+
 # --------------------------------------------------------------- machine-wide cache
 # not $TMPDIR: HTCondor points that into the job's own folder
 cache_root=${HTCML_ENV_CACHE:-/tmp/htcml-env-$(id -u)}
@@ -58,13 +87,15 @@ use_cache() {
     return 0
 }
 
-if [ ! -x "$python" ] && [ -f "$archive" ] && use_cache; then
+if [ ! -x "$python" ] && { [ -f "$archive" ] || [ -n "$remote" ]; } && use_cache; then
     cached=$cache_root/$key
     # a claim older than ten minutes belongs to a job that died while unpacking
     find "$cache_root" -maxdepth 1 -name '*.claim' -mmin +10 -exec rmdir {} \; 2>/dev/null
     if [ ! -f "$cached/.complete" ] && mkdir "$cached.claim" 2>/dev/null; then
         tmp=$cache_root/.unpack.$$
         rm -rf "$tmp" && mkdir "$tmp"
+        claimed=$cached.claim  # given back by fail() if the fetch fails
+        fetch
         if tar xzf "$archive" -C "$tmp" 2>/dev/null; then
             : > "$tmp/.complete"
             rm -rf "$cached"
@@ -73,6 +104,7 @@ if [ ! -x "$python" ] && [ -f "$archive" ] && use_cache; then
             rm -rf "$tmp"
         fi
         rmdir "$cached.claim"
+        claimed=
     fi
     waited=0  # another job of ours may be unpacking it right now
     while [ ! -f "$cached/.complete" ] && [ -d "$cached.claim" ] && [ "$waited" -lt 300 ]; do
@@ -81,12 +113,15 @@ if [ ! -x "$python" ] && [ -f "$archive" ] && use_cache; then
     done
     if [ -f "$cached/.complete" ] && ln -s "$cached" "$env_dir"; then
         rm -f "$archive"
+        # compiled modules written once into the machine's copy serve every later job
+        unset PYTHONDONTWRITEBYTECODE
     fi
 fi
 
 # --------------------------------------------------------------- this job's own copy
 want_python=
 if [ ! -x "$python" ]; then
+    fetch
     if [ ! -f "$archive" ]; then
         fail "the environment archive $archive in the job's folder" "no such file"
     fi
