@@ -29,6 +29,15 @@ _EVENT_KINDS = {
 _HOST = re.compile(r"alias=([^&>]+)")
 
 
+def explain_hold(reason: str) -> str:
+    """HTCondor's hold reason, with the fix added where the cause is a known one."""
+    if "Failed to execute" in reason and "No such file or directory" in reason:
+        return (f"{reason} -- the execute machine has no such interpreter: it does not "
+                f"share this machine's files. Use environment='pack' (or 'auto'), an "
+                f"archive from `htcml env pack`, or container_image=...")
+    return reason
+
+
 def _detail(kind: EventKind, event: Any) -> dict[str, Any]:
     detail: dict[str, Any] = {"job_id": f"{event.cluster}.{event.proc}"}
     if kind is EventKind.STARTED:
@@ -36,7 +45,7 @@ def _detail(kind: EventKind, event: Any) -> dict[str, Any]:
         m = _HOST.search(host)
         detail["host"] = m.group(1) if m else str(event.get("SlotName", host))
     elif kind is EventKind.HELD:
-        detail["reason"] = str(event.get("HoldReason", "held"))
+        detail["reason"] = explain_hold(str(event.get("HoldReason", "held")))
         code = event.get("HoldReasonCode")
         detail["code"] = int(code) if code is not None else None
     elif kind is EventKind.FINISHED:

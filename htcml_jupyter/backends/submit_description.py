@@ -106,5 +106,9 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
     }
     commands.update(options.submit_commands())
     if options.max_retries:
-        commands["retry_until"] = str(wire.EXIT_ITEM_FAILED)
+        # rerun crashes only: never a Python error, a payload that cannot load here, or
+        # an environment that cannot start here (each would fail the same way again)
+        commands["retry_until"] = " || ".join(
+            f"ExitCode =?= {code}" for code in (wire.EXIT_ITEM_FAILED, wire.EXIT_PAYLOAD_FAILED,
+                                                wire.EXIT_ENVIRONMENT_FAILED))
     return commands

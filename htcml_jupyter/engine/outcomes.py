@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobside.runner import read_header
-from ..jobside.wire import JOB_LOST, split_item_output
+from ..jobside.wire import EXIT_ENVIRONMENT_FAILED, JOB_LOST, split_item_output
 from .errors import HTCMLError, ItemHeld, ItemRemoved, RemoteError
 from .payload import restore_source_lines
 from .state import ItemState, TaskStatus
@@ -98,6 +98,14 @@ class OutcomeReader:
         if state is ItemState.REMOVED:
             return ItemRemoved(item, status.removed_reason or "removed")
         record = self.records(status.task).get(item)
+        if record is None and status.exit_code == EXIT_ENVIRONMENT_FAILED:
+            stderr = tail(self.store.stderr_file(status.task))
+            said = [line for line in stderr.splitlines() if line.startswith("htcml: ")]
+            return RemoteError(item, {
+                "type": "htcml_jupyter.EnvironmentFailed",
+                "message": said[-1].removeprefix("htcml: ") if said else
+                "the job's environment could not start on the execute machine",
+                "traceback": stderr, "host": status.host}, status.job_id)
         if record is None:
             problem = self._problems.get(status.task)
             why = (problem if problem is not None else

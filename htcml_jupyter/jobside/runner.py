@@ -18,8 +18,9 @@ does not hide the others.  An error is plain data (type name, message, traceback
 host) plus the pickled exception when it pickles.
 
 Exit status: 0 when every item succeeded, 3 when an item raised (the outcome says
-which), 4 when the payload could not be loaded at all.  Python exceptions exit 3 so
-that HTCondor's ``max_retries`` (set with ``retry_until = 3``) reruns only crashes.
+which), 4 when the payload could not be loaded at all (``bootstrap.sh`` adds 5: a packed
+environment that cannot start).  HTCondor's ``max_retries`` stops at these codes
+(``retry_until``), so it reruns only crashes.
 
 Both files start with a header: a magic line, then one line of JSON that records the
 Python and cloudpickle versions that wrote them; a mismatch is reported before anything
