@@ -170,14 +170,20 @@ def write_client_config(state: PoolState, token: str, *, condor_host: str = "127
     state_dir = Path(state.state_dir)
     tokens = state_dir / "tokens.d"
     tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for old in tokens.iterdir():
-        old.unlink()
     token_file = tokens / "htcml"
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable
-    with os.fdopen(fd, "w") as f:                                            # by others
+    # Written beside the folder, then renamed into it: a client reading the folder at
+    # any moment finds the old token or the new one, never none and never half of one.
+    tmp = state_dir / f".token.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable
+    with os.fdopen(fd, "w") as f:                                     # by others
         f.write(token.strip() + "\n")
+    os.replace(tmp, token_file)
+    for old in tokens.iterdir():
+        if old != token_file:
+            old.unlink()  # a stale token from an earlier pool makes authentication fail
     config = state_dir / "condor_config"
-    config.write_text(
+    tmp_config = state_dir / f".condor_config.tmp{os.getpid()}"
+    tmp_config.write_text(
         "# Client configuration for the htcml_jupyter pool (written by `htcml pool up`).\n"
         f"CONDOR_HOST = {condor_host}\n"
         "NETWORK_INTERFACE = 127.0.0.1\n"
@@ -185,4 +191,5 @@ def write_client_config(state: PoolState, token: str, *, condor_host: str = "127
         f"SEC_TOKEN_DIRECTORY = {tokens}\n"
         f"HTCML_JOB_USER = {state.job_user}\n"
     )
+    os.replace(tmp_config, config)
     state.client_config = str(config)
