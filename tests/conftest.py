@@ -165,3 +165,9 @@ def iso_root(isolated_pool: PoolState) -> Iterator[Path]:
     except Exception:
         pass
     shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fault injection (daemons restarted, the pool taken down and up) runs last, so no
+    other test meets a pool that is recovering."""
+    items.sort(key=lambda item: item.get_closest_marker("faults") is not None)

@@ -4,6 +4,7 @@ the tools that disturb the project's pool from outside: daemons, starters, mount
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +31,16 @@ def blob_of(x: int, size: int = 400_000) -> tuple[int, bytes]:
     import random
 
     return x, random.Random(x).randbytes(size)
+
+
+def slow_blob_of(x: int, size: int = 400_000, slow_from: int = 0, t: float = 0.0
+                 ) -> tuple[int, bytes]:
+    """:func:`blob_of`, after ``t`` seconds for the items from ``slow_from`` on."""
+    import time
+
+    if x >= slow_from:
+        time.sleep(t)
+    return blob_of(x, size)
 
 
 def expected_blob(x: int, size: int = 400_000) -> tuple[int, bytes]:
@@ -136,21 +147,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def starters_of(map_name: str) -> list[int]:
-    """The ``condor_starter`` processes in the root whose job belongs to ``map_name`` (read
-    from the job ad in the job's sandbox)."""
-    root = rootfs()
-    found = []
+def starters_of(map_name: str) -> dict[int, str]:
+    """``{pid: job id}`` of the ``condor_starter`` processes in the root that run a job of
+    ``map_name`` (its runner has started; the job ad in the sandbox names the map)."""
+    found = {}
     for starter in root_pids("condor_starter"):
         for child in _children(starter):
             try:
-                sandbox = os.readlink(f"/proc/{child}/cwd")
-                ad = Path(root + sandbox, ".job.ad").read_text()
+                if b"runner.py" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    continue  # still transferring files, or not a job of ours
+                sandbox = os.readlink(f"/proc/{child}/cwd")  # a path on this host
+                ad = Path(sandbox, ".job.ad").read_text()
             except OSError:
                 continue
             if f'HtcmlMap = "{map_name}"' in ad:
-                found.append(starter)
-                break
+                cluster = re.search(r"^ClusterId = (\d+)$", ad, re.M)
+                proc = re.search(r"^ProcId = (\d+)$", ad, re.M)
+                if cluster and proc:
+                    found[starter] = f"{cluster.group(1)}.{proc.group(1)}"
     return found
 
 
@@ -166,11 +180,13 @@ def wait_for_schedd(old_pids: set[int], timeout: float = 90) -> None:
 
 
 def wait_for_collector(timeout: float = 90) -> None:
-    """Wait until the collector answers and the startd has advertised itself again."""
+    """Wait until the collector answers and the startd and the schedd have advertised
+    themselves again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = in_root("condor_status", "-af", "Name")
-        if out.returncode == 0 and out.stdout.strip():
+        startds = in_root("condor_status", "-af", "Name")
+        schedds = in_root("condor_status", "-schedd", "-af", "Name")
+        if all(out.returncode == 0 and out.stdout.strip() for out in (startds, schedds)):
             return
         time.sleep(0.5)
     raise AssertionError(f"the collector did not come back within {timeout} s")
@@ -184,6 +200,20 @@ def mount_small_tmpfs(path: Path, size: str) -> None:
                     str(path)], check=True)
     inside = Path(rootfs() + str(path))
     subprocess.run(["mount", "--bind", str(path), str(inside)], check=True)
+
+
+def fill_up(path: Path) -> int:
+    """Write zeros to ``path`` until its file system has no space left (in blocks of
+    64 KB, then of one page); returns how many bytes that took."""
+    written = 0
+    with path.open("wb", buffering=0) as f:
+        for block in (bytes(64 * 1024), bytes(4096)):
+            while True:
+                try:
+                    written += f.write(block) or 0
+                except OSError:
+                    break
+    return written
 
 
 def unmount_small_tmpfs(path: Path) -> None:

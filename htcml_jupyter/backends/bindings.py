@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: What the bindings say when a daemon restarted since this process last talked to it
+#: (a cached security session it rejects, an address that moved, a connection it
+#: dropped): the same call made again, with a new connection, succeeds.
+RESTARTED_DAEMON = ("SECMAN:2004", "rejected our session", "Failed communication with",
+                    "Unable to locate local daemon")
 
 _lock = threading.RLock()
 _UNSET = object()
@@ -51,3 +60,22 @@ def pool_config(config: str | None) -> Iterator[Any]:
                     os.environ["CONDOR_CONFIG"] = saved
             _loaded = key
         yield htcondor2
+
+
+def daemon_restarted(exc: BaseException) -> bool:
+    """Whether a binding error is one that a daemon restart leaves behind once."""
+    return any(text in str(exc) for text in RESTARTED_DAEMON)
+
+
+def call_with_pool(config: str | None, call: Callable[[Any], T]) -> T:
+    """``call(htcondor2)`` under ``config``; made once more, after a short pause, when it
+    fails the way a restarted daemon makes the first call fail."""
+    for attempt in (1, 2):
+        with pool_config(config) as htcondor2:
+            try:
+                return call(htcondor2)
+            except Exception as exc:
+                if attempt == 2 or not daemon_restarted(exc):
+                    raise
+        time.sleep(0.5)
+    raise AssertionError("unreachable")  # pragma: no cover

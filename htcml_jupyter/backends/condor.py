@@ -19,8 +19,8 @@ from ..engine.errors import HTCMLError, PoolUnavailable
 from ..engine.options import SubmitOptions, size_in_mb
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
-from .bindings import pool_config
-from .condor_events import CondorEventReader
+from .bindings import call_with_pool, daemon_restarted, pool_config
+from .condor_events import CondorEventReader, explain_hold
 from .resources import PoolResources, collector_resources
 from .submit_description import submit_description
 
@@ -63,7 +63,8 @@ class CondorBackend:
                 try:
                     schedd = htcondor2.Schedd()
                 except Exception as exc:
-                    if attempt == 1 and _stale_session(exc):
+                    if attempt == 1 and daemon_restarted(exc):
+                        time.sleep(0.5)
                         continue
                     raise PoolUnavailable(
                         f"cannot reach the schedd of {self.description}: {str(exc).rstrip('.')}. "
@@ -75,7 +76,7 @@ class CondorBackend:
                 except PoolUnavailable:
                     raise
                 except Exception as exc:
-                    if attempt == 1 and _stale_session(exc):
+                    if attempt == 1 and daemon_restarted(exc):
                         continue
                     raise PoolUnavailable(
                         f"{what} on {self.description} failed: {exc}") from exc
@@ -113,14 +114,13 @@ class CondorBackend:
         cpus = options.request_cpus
         mem = max(size_in_mb(options.request_memory), 1)
         gpus = options.request_gpus
-        with pool_config(self.config) as htcondor2:
-            try:
-                ads = htcondor2.Collector().query(
-                    htcondor2.AdType.Startd,
-                    projection=["SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
-                                "TotalSlotMemory", "TotalSlotGPUs"])
-            except Exception:
-                return 0
+        try:
+            ads = call_with_pool(self.config, lambda htcondor2: htcondor2.Collector().query(
+                htcondor2.AdType.Startd,
+                projection=["SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
+                            "TotalSlotMemory", "TotalSlotGPUs"]))
+        except Exception:
+            return 0
         total = 0
         for ad in ads:
             kind = ad.get("SlotType", "Static")
@@ -220,12 +220,12 @@ class CondorBackend:
         """Evict running jobs; they return to the queue (and resume from a checkpoint)."""
         self._act_on_jobs("Vacate", job_ids, "evicted by htcml_jupyter")
 
-    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
-        """``VANISHED`` events for unsettled jobs that are no longer in the queue.
+    def queue_check(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+        """What the queue knows of the map's unsettled jobs and the log does not say.
 
-        A job not yet materialized (``max_idle``: late materialization) is not in the
-        queue either; it is left alone while its cluster still has jobs queued and the
-        log never showed it submitted.
+        ``VANISHED`` for jobs no longer in the queue (not for jobs still waiting to be
+        materialized: ``max_idle``), and ``HELD`` for held jobs whose hold never reached
+        the log (a full disk stops the shadow writing it).
         """
         job_of: dict[int, str] = {}
         clusters: set[int] = set()
@@ -240,28 +240,33 @@ class CondorBackend:
                       + " || ".join(f"ClusterId == {c}" for c in sorted(clusters)) + ")")
         try:
             ads = self._with_schedd(
-                lambda _h, schedd: schedd.query(constraint=constraint,
-                                                projection=["ClusterId", "ProcId"]),
+                lambda _h, schedd: schedd.query(
+                    constraint=constraint,
+                    projection=["ClusterId", "ProcId", "JobStatus", "HoldReason",
+                                "HoldReasonCode"]),
                 "asking the queue")
         except PoolUnavailable:
             return []  # cannot tell; try again later
-        present = {f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads}
+        present = {f"{ad['ClusterId']}.{ad['ProcId']}": ad for ad in ads}
         queued_clusters = {int(ad["ClusterId"]) for ad in ads}
         out = []
+        now = time.time()
         for status in table.tasks.values():
             if status.phase.value in ("finished", "removed"):
                 continue
             job = job_of.get(status.task, status.job_id)
-            if job is None or job in present:
+            if job is None:
+                continue
+            ad = present.get(job)
+            if ad is not None:
+                if int(ad.get("JobStatus", 0)) == 5 and status.phase.value != "held":
+                    code = ad.get("HoldReasonCode")
+                    out.append(TaskEvent(status.task, EventKind.HELD, now, {
+                        "job_id": job, "code": int(code) if code is not None else None,
+                        "reason": explain_hold(str(ad.get("HoldReason", "held")))}))
                 continue
             if status.submitted is None and int(job.split(".")[0]) in queued_clusters:
                 continue  # waiting to be materialized
-            out.append(TaskEvent(status.task, EventKind.VANISHED, time.time(), {
+            out.append(TaskEvent(status.task, EventKind.VANISHED, now, {
                 "reason": "the job left the queue without a terminal event in the log"}))
         return out
-
-
-def _stale_session(exc: Exception) -> bool:
-    """Whether a binding error says the daemon rejected a cached security session."""
-    text = str(exc)
-    return "SECMAN:2004" in text or "rejected our session" in text

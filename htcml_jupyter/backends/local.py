@@ -169,7 +169,8 @@ class LocalBackend:
         raise HTCMLError(f"jobs on {self.description} cannot be evicted; vacate needs an "
                          f"HTCondor pool")
 
-    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+    def queue_check(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+        """``VANISHED`` for the unfinished jobs of an executor that is gone."""
         alive = any(_is_executor_of(pid, store) for pid in self._pids(store))
         if alive:
             return []

@@ -96,7 +96,8 @@ class Backend(Protocol):
         """Evict running jobs as preemption would: they go back to the queue."""
         ...
 
-    def vanished(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
-        """Events for unsettled jobs that left without a terminal event (asked only after
-        the events have been quiet for a long time)."""
+    def queue_check(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
+        """Events the log did not bring for unsettled jobs: ``VANISHED`` for jobs that left
+        without a terminal event, ``HELD`` for holds the log missed (asked only after the
+        events have been quiet for a long time)."""
         ...

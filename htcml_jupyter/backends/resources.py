@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.errors import PoolUnavailable
-from .bindings import pool_config
+from .bindings import call_with_pool
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,13 @@ class PoolResources:
 
 def collector_resources(config: str | None, description: str = "") -> PoolResources:
     """Ask a pool's collector what its execute slots offer."""
-    with pool_config(config) as htcondor2:
-        try:
-            ads = htcondor2.Collector().query(
-                htcondor2.AdType.Startd,
-                projection=["Machine", "SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
-                            "TotalSlotMemory", "TotalSlotGPUs", "State"])
-        except Exception as exc:
-            raise PoolUnavailable(f"cannot ask the pool's collector: {exc}") from exc
+    try:
+        ads = call_with_pool(config, lambda htcondor2: htcondor2.Collector().query(
+            htcondor2.AdType.Startd,
+            projection=["Machine", "SlotType", "Cpus", "Memory", "GPUs", "TotalSlotCpus",
+                        "TotalSlotMemory", "TotalSlotGPUs", "State"]))
+    except Exception as exc:
+        raise PoolUnavailable(f"cannot ask the pool's collector: {exc}") from exc
     machines = {str(ad.get("Machine", "")) for ad in ads}
     cpus_total = cpus_free = mem_total = mem_free = gpus_total = gpus_free = 0
     for ad in ads:

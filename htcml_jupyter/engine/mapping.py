@@ -155,7 +155,7 @@ class Map(MapActions):
                     out[item] = summary
             return out
 
-    def _check_vanished(self) -> None:
+    def _check_queue(self) -> None:
         if time.time() - self._last_change < VANISHED_CHECK_AFTER:
             return
         with self._lock:
@@ -164,11 +164,12 @@ class Map(MapActions):
             table = TaskTable()
             for task, status in self._table.tasks.items():
                 table.tasks[task] = TaskStatus(**vars(status))
-        events = self.backend.vanished(self.store, table)  # no lock across the query
+        events = self.backend.queue_check(self.store, table)  # no lock across the query
         with self._lock:
             self.refresh()  # a job may have finished while the queue was asked
             for event in events:
-                self._table.apply(self._outcome_or(event))
+                self._table.apply(self._outcome_or(event) if event.kind is EventKind.VANISHED
+                                  else event)
 
     def _outcome_or(self, vanished: TaskEvent) -> TaskEvent:
         """A job that left the queue unseen but whose outcome came back finished: the
@@ -238,7 +239,7 @@ class Map(MapActions):
                     last = counts
             if all(s.settled for s in states):
                 return True
-            self._check_vanished()
+            self._check_queue()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
@@ -362,7 +363,7 @@ class Map(MapActions):
                 yield i, err
             if len(seen) >= self.n_items:
                 return
-            self._check_vanished()
+            self._check_queue()
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"{self.n_items - len(seen)} items of {self.name!r} "
                                   f"unfinished after {timeout} s")

@@ -112,9 +112,9 @@ def decide(options: SubmitOptions, domains: Callable[[], Domains]) -> Decision:
 def pool_domains(config: str | None) -> Domains:
     """The submit side's filesystem domain and the execute machines' ones, from the pool
     named by the client configuration ``config``."""
-    from ..backends.bindings import pool_config
+    from ..backends.bindings import call_with_pool
 
-    with pool_config(config) as htcondor2:
+    def ask(htcondor2: Any) -> Domains:
         collector = htcondor2.Collector()
         startds = collector.query(htcondor2.AdType.Startd,
                                   projection=["Machine", "FileSystemDomain"])
@@ -123,7 +123,9 @@ def pool_domains(config: str | None) -> Domains:
         submit = _schedd_domain(htcondor2, collector)
         if not submit:
             submit = htcondor2.param.get("FILESYSTEM_DOMAIN")
-    return (str(submit) if submit else None), execute
+        return (str(submit) if submit else None), execute
+
+    return call_with_pool(config, ask)
 
 
 def _schedd_domain(htcondor2: Any, collector: Any) -> str | None:
@@ -139,5 +141,9 @@ def _schedd_domain(htcondor2: Any, collector: Any) -> str | None:
                 return str(ad["FileSystemDomain"])
         value = htcondor2.RemoteParam(located).get("FILESYSTEM_DOMAIN")
         return str(value) if value else None
-    except Exception:
+    except Exception as exc:
+        from ..backends.bindings import daemon_restarted
+
+        if daemon_restarted(exc):
+            raise  # asked again with a new connection (call_with_pool)
         return None
