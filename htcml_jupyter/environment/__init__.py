@@ -60,7 +60,16 @@ def _say(text: str) -> None:
 def _pack_for(store: MapStore) -> tuple[PackedEnvironment, str]:
     """Pack (or reuse) the running environment; link the archive into the map's folder
     when possible, so the map keeps it and the jobs' file transfer reads it there."""
-    packed = pack_environment()
+    shown = [-1]
+
+    def progress(p: PackProgress) -> None:  # a line at every tenth, on stderr
+        tenth = int(10 * p.bytes_done / max(p.bytes_total, 1))
+        if tenth > shown[0]:
+            shown[0] = tenth
+            _say(f"environment: packing {p.files_done}/{p.files_total} files, "
+                 f"{size_text(p.bytes_done)} of {size_text(p.bytes_total)}")
+
+    packed = pack_environment(progress=progress)
     if packed.cached:
         _say(f"environment: reusing {packed.path} ({size_text(packed.size)}, "
              f"{packed.files} files, packed earlier in {packed.pack_seconds:.1f} s)")
