@@ -11,7 +11,7 @@ from typing import Any
 import cloudpickle
 
 from htcml_jupyter.engine.payload import dump_function, dump_items, payload_header
-from htcml_jupyter.jobside import runner
+from htcml_jupyter.jobside import runner, wire
 from tests import helpers
 
 
@@ -27,7 +27,7 @@ def test_outcome_per_item_and_exit_codes(tmp_path: Path) -> None:
     dump_function(helpers.fail_on_multiples_of_three, {}, tmp_path / "function.pkl")
     dump_items([(5, 1), (6, 3)], tmp_path / "items.pkl")
     code, records = _run(tmp_path)
-    assert code == runner.EXIT_ITEM_FAILED
+    assert code == wire.EXIT_ITEM_FAILED
     assert [r["index"] for r in records] == [5, 6]
     assert records[0]["ok"] and pickle.loads(records[0]["value"]) == 101
     assert not records[1]["ok"] and records[1]["error"]["type"] == "builtins.ValueError"
@@ -40,7 +40,7 @@ def test_python_version_mismatch_names_both_versions_and_fix(tmp_path: Path) -> 
     runner.write_payload(str(tmp_path / "function.pkl"), header, body)
     dump_items([(0, 2)], tmp_path / "items.pkl")
     code, records = _run(tmp_path)
-    assert code == runner.EXIT_PAYLOAD_FAILED
+    assert code == wire.EXIT_PAYLOAD_FAILED
     message = records[0]["error"]["message"]
     assert "2.7.18" in message and runner.python_version() in message
     assert "python=" in message and "container_image" in message
@@ -53,7 +53,7 @@ def test_cloudpickle_version_mismatch(tmp_path: Path) -> None:
                          cloudpickle.dumps((helpers.square, {})))
     dump_items([(0, 2)], tmp_path / "items.pkl")
     code, records = _run(tmp_path)
-    assert code == runner.EXIT_PAYLOAD_FAILED
+    assert code == wire.EXIT_PAYLOAD_FAILED
     message = records[0]["error"]["message"]
     assert "0.5.0" in message and cloudpickle.__version__ in message
 
@@ -62,7 +62,7 @@ def test_garbage_payload_gives_a_structured_error(tmp_path: Path) -> None:
     runner.write_payload(str(tmp_path / "function.pkl"), payload_header(), b"not a pickle")
     dump_items([(3, 1)], tmp_path / "items.pkl")
     code, records = _run(tmp_path)
-    assert code == runner.EXIT_PAYLOAD_FAILED
+    assert code == wire.EXIT_PAYLOAD_FAILED
     assert records[0]["index"] == 3
     assert "could not unpickle" in records[0]["error"]["message"]
 
@@ -90,7 +90,7 @@ def test_finished_items_survive_a_killed_chunk_and_are_not_run_again(tmp_path: P
     # the job runs again in the same folder (after an eviction or a checkpoint exit)
     dump_function(die_on_item, {"log": str(log), "die": -1}, tmp_path / "function.pkl")
     code, records = _run(tmp_path)
-    assert code == runner.EXIT_OK
+    assert code == wire.EXIT_OK
     assert [pickle.loads(r["value"]) for r in records] == [0, 10, 20, 30]
     assert log.read_text().split() == ["0", "1", "2", "2", "3"]  # 0 and 1 ran once
 

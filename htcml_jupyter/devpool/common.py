@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -193,3 +194,16 @@ def write_client_config(state: PoolState, token: str, *, condor_host: str = "127
     )
     os.replace(tmp_config, config)
     state.client_config = str(config)
+
+
+def prepare_root(root: Path) -> None:
+    """What every Debian root needs before its ``condor_master`` starts: a ``/run/condor``
+    the daemons own (else condor_procd respawns in a loop) and this host's name in
+    ``/etc/hosts`` (else daemons cannot look themselves up)."""
+    (root / "run/condor").mkdir(parents=True, exist_ok=True)
+    run(["chroot", str(root), "chown", "condor:condor", "/run/condor"])
+    hostname = socket.gethostname()
+    hosts = root / "etc/hosts"
+    if hostname not in hosts.read_text():
+        with hosts.open("a") as f:
+            f.write(f"127.0.1.1 {hostname}\n")

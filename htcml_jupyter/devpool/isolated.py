@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from .common import (
     is_mounted,
     isolated_state_dir,
     package_folder,
+    prepare_root,
     run,
     say,
     write_client_config,
@@ -130,16 +130,6 @@ def _remove_empty_mount_points(root: Path) -> None:
             except OSError:
                 break
             folder = folder.parent
-
-
-def _prepare(root: Path) -> None:
-    (root / "run/condor").mkdir(parents=True, exist_ok=True)
-    run(["chroot", str(root), "chown", "condor:condor", "/run/condor"])
-    hostname = socket.gethostname()
-    hosts = root / "etc/hosts"
-    if hostname not in hosts.read_text():
-        with hosts.open("a") as f:
-            f.write(f"127.0.1.1 {hostname}\n")
 
 
 def _submit_config(num_cpus: int) -> str:
@@ -294,7 +284,7 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
         # root's folder stays root's: jobs write only into the map folders given to them
         os.chown(home, 0, 0)
         home.chmod(0o755)
-    _prepare(submit)
+    prepare_root(submit)
     (submit / "etc/condor/config.d/90-htcml").write_text(_submit_config(num_cpus))
     if not root_masters(str(submit)):
         say(f"starting the submit side (collector on 127.0.0.1:{SUBMIT_PORT})")
@@ -305,7 +295,7 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
     for name in names:
         root = roots[name]
         _mount_exec(root, mounts)
-        _prepare(root)
+        prepare_root(root)
         (root / "etc/condor/config.d/90-htcml").write_text(
             _exec_config(name, ports[name], num_cpus))
         if not root_masters(str(root)):

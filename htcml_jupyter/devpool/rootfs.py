@@ -27,6 +27,7 @@ from .common import (
     chroot_env,
     interpreter_paths,
     is_mounted,
+    prepare_root,
     run,
     say,
     write_client_config,
@@ -171,14 +172,7 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
         # root's folder stays root's: jobs write only into the map folders given to them
         os.chown(home, 0, 0)
         home.chmod(0o755)
-    run_condor = rootfs / "run/condor"
-    run_condor.mkdir(parents=True, exist_ok=True)
-    run(["chroot", str(rootfs), "chown", "condor:condor", "/run/condor"])
-    hostname = socket.gethostname()
-    hosts = rootfs / "etc/hosts"
-    if hostname not in hosts.read_text():
-        with hosts.open("a") as f:
-            f.write(f"127.0.1.1 {hostname}\n")
+    prepare_root(rootfs)
     config_d = rootfs / "etc/condor/config.d"
     (config_d / "90-htcml").write_text(TUNING.format(num_cpus=num_cpus) + ROOTFS_EXTRA)
     chroot = ["chroot", str(rootfs)]
@@ -186,7 +180,8 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
         say("starting condor_master")
         run([*chroot, "condor_master"])
     wait_ready(chroot)
-    token = run([*chroot, "condor_token_create", "-identity", f"{POOL_USER}@{hostname}"])
+    identity = f"{POOL_USER}@{socket.gethostname()}"
+    token = run([*chroot, "condor_token_create", "-identity", identity])
     state = PoolState(mode="rootfs", state_dir=str(state_dir), client_config="",
                       job_user=POOL_USER, job_uid=uid, rootfs=str(rootfs), mounts=mounts,
                       shared_paths=[*shared, *interpreter_paths()], started=time.time())

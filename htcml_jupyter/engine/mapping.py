@@ -46,6 +46,7 @@ class Map(MapActions):
         self._table = TaskTable()
         self._outcomes = OutcomeReader(store, meta.get("code_locations", {}))
         self._reports = ReportBook()
+        self._environment: dict[str, Any] = {}
         self._reader = backend.event_reader(store)
         # With no event log to read (deleted), ask the queue at the first wait.
         self._last_change = time.time() if store.event_log.exists() else 0.0
@@ -73,8 +74,10 @@ class Map(MapActions):
         container), ``reason``, and for a packed environment its ``archive``, ``size``
         in bytes, ``pack_seconds`` and whether it was ``cached``; empty until the first
         submission chose it (and for local processes)."""
-        record = self.store.read_meta().get("environment")
-        return dict(record) if isinstance(record, dict) else {}
+        if not self._environment:  # chosen once per map: read until it is there
+            record = self.store.read_meta().get("environment")
+            self._environment = dict(record) if isinstance(record, dict) else {}
+        return dict(self._environment)
 
     def __len__(self) -> int:
         return self.n_items

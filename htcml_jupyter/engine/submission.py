@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -34,11 +35,8 @@ def submit_tasks(store: MapStore, backend: Backend, tasks: Tasks, options: Submi
                  batch_name: str) -> int:
     """Queue the written jobs on ``backend``; returns the submission's cluster id."""
     uid = backend.job_uid
-    if uid is not None:
-        import os
-
-        if os.geteuid() == 0 and uid != 0:  # root submitting as the pool's job user
-            store.chown(uid)
+    if uid is not None and os.geteuid() == 0 and uid != 0:  # root, as the pool's job user
+        store.chown(uid)
     return backend.submit(store, [t for t, _ in tasks], options, batch_name)
 
 

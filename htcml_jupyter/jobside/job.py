@@ -25,38 +25,23 @@ import threading
 import time
 from typing import Any
 
-if __package__:  # imported from the installed package
-    from .wire import (
-        CHECKPOINT_DIR,
-        EXIT_CHECKPOINT,
-        ITEM_ENV,
-        LOCAL_ENV,
-        MAX_UPDATE,
-        METRICS_FILE_ENV,
-        REPORT_ATTRIBUTE,
-        REPORT_ITEM,
-        REPORT_METRICS,
-        REPORT_RESTORED,
-        REPORT_SAVED,
-        REPORT_STEP,
-        REPORT_TIME,
-    )
-else:  # loaded by the job runner from the job's folder, next to wire.py
-    from wire import (  # type: ignore[no-redef]
-        CHECKPOINT_DIR,
-        EXIT_CHECKPOINT,
-        ITEM_ENV,
-        LOCAL_ENV,
-        MAX_UPDATE,
-        METRICS_FILE_ENV,
-        REPORT_ATTRIBUTE,
-        REPORT_ITEM,
-        REPORT_METRICS,
-        REPORT_RESTORED,
-        REPORT_SAVED,
-        REPORT_STEP,
-        REPORT_TIME,
-    )
+# Always imported as htcml_jupyter.jobside.job: from the installed package, or from the
+# job's folder through the stand-in package the job runner sets up.
+from .wire import (
+    CHECKPOINT_DIR,
+    EXIT_CHECKPOINT,
+    ITEM_ENV,
+    LOCAL_ENV,
+    MAX_UPDATE,
+    METRICS_FILE_ENV,
+    REPORT_ATTRIBUTE,
+    REPORT_ITEM,
+    REPORT_METRICS,
+    REPORT_RESTORED,
+    REPORT_SAVED,
+    REPORT_STEP,
+    REPORT_TIME,
+)
 
 #: The exit code a job uses to ask HTCondor to spool its checkpoint and restart it.
 CHECKPOINT_EXIT_CODE = EXIT_CHECKPOINT

@@ -40,29 +40,9 @@ import traceback
 from typing import Any
 
 if __package__:  # imported from the installed package
-    from .wire import (
-        CHECKPOINT_DIR,
-        EXIT_CHECKPOINT,
-        EXIT_ITEM_FAILED,
-        EXIT_OK,
-        EXIT_PAYLOAD_FAILED,
-        ITEM_ENV,
-        ITEM_MARKER,
-        MAGIC,
-        lost_record,
-    )
+    from . import wire
 else:  # run as a script in the job's folder, next to wire.py
-    from wire import (  # type: ignore[no-redef]
-        CHECKPOINT_DIR,
-        EXIT_CHECKPOINT,
-        EXIT_ITEM_FAILED,
-        EXIT_OK,
-        EXIT_PAYLOAD_FAILED,
-        ITEM_ENV,
-        ITEM_MARKER,
-        MAGIC,
-        lost_record,
-    )
+    import wire  # type: ignore[no-redef]
 
 
 def python_version() -> str:
@@ -72,7 +52,7 @@ def python_version() -> str:
 def read_header(stream: io.BufferedIOBase | Any) -> dict[str, Any]:
     """Read the magic line and JSON header of a payload file."""
     magic = stream.readline()
-    if magic != MAGIC:
+    if magic != wire.MAGIC:
         raise ValueError(f"not an htcml payload file (starts with {magic[:40]!r})")
     header: dict[str, Any] = json.loads(stream.readline())
     return header
@@ -82,7 +62,7 @@ def write_payload(path: str, header: dict[str, Any], body: bytes) -> None:
     """Write ``MAGIC``, the header and the body to ``path`` atomically."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        f.write(MAGIC)
+        f.write(wire.MAGIC)
         f.write(json.dumps(header).encode() + b"\n")
         f.write(body)
     os.replace(tmp, path)
@@ -177,7 +157,7 @@ def _lost(indexes: list[int]) -> list[dict[str, Any]]:
     note = ("the job ended before this item finished (killed, out of memory, or evicted "
             "without a checkpoint)")
     host, python = socket.gethostname(), python_version()
-    return [lost_record(i, note, host, python) for i in indexes]
+    return [wire.lost_record(i, note, host, python) for i in indexes]
 
 
 def run(function_file: str, input_file: str, outcome_file: str) -> int:
@@ -191,7 +171,7 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
     # back) keeps what the earlier run finished and runs only the rest.
     finished = _finished_records(outcome_file, indexes)
     _write_outcome(outcome_file, out_header, _merge(indexes, finished))
-    os.makedirs(CHECKPOINT_DIR, exist_ok=True)  # always there for HTCondor to send back
+    os.makedirs(wire.CHECKPOINT_DIR, exist_ok=True)  # always there for HTCondor to send back
     try:
         with open(function_file, "rb") as f:
             fn_header = read_header(f)
@@ -220,16 +200,16 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
             {"index": i, "ok": False, "started": None, "seconds": None, "error": record,
              "payload": True} for i in indexes])
         print(f"htcml: {record['type']}: {record['message']}", file=sys.stderr)
-        return EXIT_PAYLOAD_FAILED
+        return wire.EXIT_PAYLOAD_FAILED
 
     failed = any(not r.get("ok") for r in finished.values())
     for index, argument in items:
         if index in finished:
             continue
-        marker = ITEM_MARKER.format(index=index)
+        marker = wire.ITEM_MARKER.format(index=index)
         print(marker, flush=True)
         print(marker, file=sys.stderr, flush=True)
-        os.environ[ITEM_ENV] = str(index)  # read by htcml_jupyter.report()
+        os.environ[wire.ITEM_ENV] = str(index)  # read by htcml_jupyter.report()
         started = time.time()
         try:
             value = function(argument, **kwargs)
@@ -241,10 +221,10 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         except BaseException as exc:  # every error becomes an outcome
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if isinstance(exc, SystemExit) and exc.code == EXIT_CHECKPOINT:
+            if isinstance(exc, SystemExit) and exc.code == wire.EXIT_CHECKPOINT:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                return EXIT_CHECKPOINT
+                return wire.EXIT_CHECKPOINT
             failed = True
             # Leave out the runner's own frame: the traceback starts in the user's code.
             user_tb = exc.__traceback__.tb_next if exc.__traceback__ else None
@@ -261,7 +241,7 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     _clear_checkpoints()
-    return EXIT_ITEM_FAILED if failed else EXIT_OK
+    return wire.EXIT_ITEM_FAILED if failed else wire.EXIT_OK
 
 
 def _finished_records(path: str, indexes: list[int]) -> dict[int, dict[str, Any]]:
@@ -289,8 +269,8 @@ def _clear_checkpoints() -> None:
     empty, because HTCondor sends it back)."""
     import shutil
 
-    for name in os.listdir(CHECKPOINT_DIR) if os.path.isdir(CHECKPOINT_DIR) else ():
-        path = os.path.join(CHECKPOINT_DIR, name)
+    for name in os.listdir(wire.CHECKPOINT_DIR) if os.path.isdir(wire.CHECKPOINT_DIR) else ():
+        path = os.path.join(wire.CHECKPOINT_DIR, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
