@@ -23,6 +23,8 @@ def map(
     inputs: Iterable[Any],
     *,
     kwargs: dict[str, Any] | None = None,
+    setup: Callable[[], Any] | None = None,
+    batch_size: int | None = None,
     name: str | None = None,
     chunksize: Chunksize = "auto",
     pool: str | None = None,
@@ -35,12 +37,28 @@ def map(
     Parameters
     ----------
     function
-        Called as ``function(item, **kwargs)`` for each item, on an execute node.
-        It is cloudpickled once; it and what it refers to must be picklable.
+        Called as ``function(item, **kwargs)`` for each item, on an execute node
+        (``function(item, resource, **kwargs)`` with ``setup``; a list of items in,
+        a list of as many results out, with ``batch_size``).  It is cloudpickled
+        once; it and what it refers to must be picklable.
     inputs
-        Any iterable; each element is one item (pickled into the job's input file).
+        Any iterable, read one job at a time (a generator of millions of items is
+        never held in memory); each element is one item.  An item that is, or holds,
+        an :class:`htcml_jupyter.File` (a path or a URL such as ``https://`` or
+        ``osdf://``) has that file transferred to its job; the function receives a
+        local :class:`pathlib.Path` in its place.
     kwargs
-        Constant keyword arguments for every call.
+        Constant keyword arguments for every call.  ``File`` values among them go
+        once to every job (model weights), never into each job's pickle.
+    setup
+        A function without arguments that runs once per job before its items, e.g.
+        to load a model; its value is passed to every call after the item.  Its runs
+        and their durations: ``m.setup_stats()``.  If it raises, every item of that
+        job fails with its traceback.
+    batch_size
+        Hand ``function`` lists of up to this many items (one GPU batch); it returns
+        a list with one result per item.  A batch that raises fails all its items
+        with that error.
     name
         The map's name (its folder's name); a readable unique one by default.
     chunksize
@@ -66,7 +84,8 @@ def map(
     chosen = resolve_backend(pool, backend)
     return create_map(function, inputs, kwargs=kwargs, backend=chosen,
                       root=Path(root) if root is not None else default_map_root(),
-                      name=name, chunksize=chunksize, options=options)
+                      name=name, chunksize=chunksize, options=options, setup=setup,
+                      batch_size=batch_size)
 
 
 def attach(name: str, root: str | Path | None = None) -> Map:

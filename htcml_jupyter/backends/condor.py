@@ -144,8 +144,10 @@ class CondorBackend:
         launch = job_launch(store, options, self)
         token = secrets.token_hex(8)
         commands = submit_description(store, options, batch_name=batch_name, launch=launch,
-                                      token=token)
-        itemdata = [{"task": str(t)} for t in tasks]
+                                      token=token, jobs=len(tasks))
+        files = store.task_files()
+        itemdata = [{"task": str(t), "files": "".join(f", {f}" for f in files.get(t, ()))}
+                    for t in tasks]
         store.add_pending_submission(token, tasks)  # before the jobs exist
 
         def send(htcondor2: Any, schedd: Any) -> int:

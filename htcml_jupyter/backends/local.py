@@ -28,7 +28,7 @@ from ..engine.errors import HTCMLError
 from ..engine.options import SubmitOptions
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
-from ..jobside import job, runner, wire
+from ..jobside import calls, job, runner, wire
 from .resources import PoolResources, local_resources
 
 EVENTS = "local-events.jsonl"
@@ -193,6 +193,41 @@ def _is_executor_of(pid: int, store: MapStore) -> bool:
 # ---------------------------------------------------------------------- executor
 
 
+def _fetch(source: str, sandbox: Path) -> None:
+    """Bring one per-item input into the job's folder: a link to a local file, or an
+    http(s) download (other URL schemes need HTCondor's plugins)."""
+    if "://" not in source:
+        os.symlink(source, sandbox / os.path.basename(source))
+        return
+    from urllib.parse import urlparse
+    from urllib.request import urlopen
+
+    parsed = urlparse(source)
+    if parsed.scheme not in ("http", "https"):
+        raise OSError(f"{source}: local processes fetch only http:// and https:// URLs; "
+                      f"run the map on an HTCondor pool for {parsed.scheme}://")
+    target = sandbox / os.path.basename(parsed.path.rstrip("/"))
+    try:
+        with urlopen(source, timeout=60) as response, target.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except Exception as exc:
+        raise OSError(f"{source}: {exc}") from exc
+
+
+def _keep_output_files(folder: Path, store: MapStore, task: int) -> None:
+    """Move what the job wrote under output_dir() to where HTCondor would put it."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    destination = store.read_meta()["options"].get("output_destination")
+    if destination and "://" in str(destination):
+        return  # URL destinations need HTCondor's transfer plugins
+    target = (Path(destination) / f"task-{task}" if destination
+              else store.files_folder(task))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(folder), str(target))
+
+
 class _Executor:
     def __init__(self, store: MapStore, python: str, inputs: list[str]):
         self.store = store
@@ -216,11 +251,19 @@ class _Executor:
         shutil.copy(runner.__file__, sandbox / "runner.py")
         shutil.copy(job.__file__, sandbox / "job.py")
         shutil.copy(wire.__file__, sandbox / "wire.py")
+        shutil.copy(calls.__file__, sandbox / "calls.py")
         os.symlink(self.store.function_file, sandbox / "function.pkl")
         os.symlink(self.store.input_file(task), sandbox / f"task-{task}.pkl")
         for item in self.inputs:
             if os.path.exists(item):
                 os.symlink(item, sandbox / os.path.basename(item))
+        try:
+            for source in self.store.task_files().get(task, ()):
+                _fetch(source, sandbox)
+        except OSError as exc:
+            _append_event(self.store, task, EventKind.HELD, code=13,
+                          reason=f"Transfer input files failure: {exc}")
+            return
         _append_event(self.store, task, EventKind.STARTED, host=self.host)
         with self.store.stdout_file(task).open("wb") as out, \
                 self.store.stderr_file(task).open("wb") as err:
@@ -248,6 +291,7 @@ class _Executor:
             outcome = sandbox / "outcome.pkl"
             if outcome.exists():
                 os.replace(outcome, self.store.output_file(task))
+            _keep_output_files(sandbox / wire.OUTPUTS_DIR, self.store, task)
             _append_event(self.store, task, EventKind.FINISHED, exit_code=proc.returncode)
         shutil.rmtree(sandbox, ignore_errors=True)
 

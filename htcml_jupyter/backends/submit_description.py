@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.options import RESERVED_COMMANDS, OptionError, SubmitOptions
+from ..engine.options import LATE_MATERIALIZATION, RESERVED_COMMANDS, OptionError, SubmitOptions
 from ..engine.store import MapStore
-from ..jobside import job, runner, wire
+from ..jobside import calls, job, runner, wire
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def job_side_files() -> list[str]:
     from htcondor2.htchirp import htchirp
 
     return [str(Path(runner.__file__)), str(Path(job.__file__)), str(Path(wire.__file__)),
-            str(Path(htchirp.__file__))]
+            str(Path(calls.__file__)), str(Path(htchirp.__file__))]
 
 
 def _checked_path(path: str) -> str:
@@ -53,12 +53,21 @@ def _checked_path(path: str) -> str:
     return path
 
 
+def _files_destination(options: SubmitOptions) -> str:
+    """Where a job's output files folder goes: the map's folder, or the user's folder
+    or URL (``output_destination``), one subfolder per job."""
+    if options.output_destination:
+        return _checked_path(options.output_destination) + "/task-$(task)"
+    return "outputs/files/task-$(task)"
+
+
 def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: str,
                        launch: JobLaunch | None = None,
                        job_files: list[str] | None = None,
-                       token: str | None = None) -> dict[str, str]:
-    """The submit commands of one submission of ``store``'s map (one job per task,
-    ``$(task)`` from the itemdata)."""
+                       token: str | None = None, jobs: int = 1) -> dict[str, str]:
+    """The submit commands of one submission of ``store``'s map (one job per task:
+    ``$(task)`` and ``$(files)``, its per-item input files, come from the itemdata;
+    ``jobs`` is how many jobs the submission queues)."""
     clash = sorted(k for k in options.submit_extra if k.lower() in RESERVED_COMMANDS)
     if clash:  # from_kwargs refuses these; a hand-made SubmitOptions may still hold them
         raise OptionError(f"submit_extra cannot set {', '.join(clash)}: the map needs these "
@@ -77,16 +86,19 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "transfer_executable": "true" if launch.transfer_executable else "false",
         "arguments": " ".join(arguments),
         "initialdir": _checked_path(str(store.path)),
+        # $(files): ", " and the job's per-item files and URLs, or nothing
         "transfer_input_files": ", ".join([*(_checked_path(p) for p in inputs),
-                                           "inputs/task-$(task).pkl"]),
+                                           "inputs/task-$(task).pkl"]) + "$(files)",
         "should_transfer_files": "YES",
         # On an eviction the outcome so far and the saved checkpoints go to the schedd's
         # spool and come back with the restarted job, which resumes from the last save
         # and skips finished items (both exist from the start: the seed files).
         "when_to_transfer_output": "ON_EXIT_OR_EVICT",
-        "transfer_output_files": f"outcome.pkl, {wire.CHECKPOINT_DIR}",
+        # what the function wrote under output_dir() comes back as one folder per job
+        "transfer_output_files": f"outcome.pkl, {wire.CHECKPOINT_DIR}, {wire.OUTPUTS_DIR}",
         "transfer_output_remaps": (f'"outcome.pkl = outputs/task-$(task).pkl; '
-                                   f'{wire.CHECKPOINT_DIR} = logs/checkpoint-task-$(task)"'),
+                                   f'{wire.CHECKPOINT_DIR} = logs/checkpoint-task-$(task); '
+                                   f'{wire.OUTPUTS_DIR} = {_files_destination(options)}"'),
         "output": "logs/task-$(task).out",
         "error": "logs/task-$(task).err",
         "log": _checked_path(str(store.event_log)),
@@ -105,6 +117,8 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "transfer_checkpoint_files": wire.CHECKPOINT_DIR,
     }
     commands.update(options.submit_commands())
+    if jobs > LATE_MATERIALIZATION and not (options.max_idle or options.max_materialize):
+        commands["max_idle"] = str(LATE_MATERIALIZATION)  # the schedd holds fewer at once
     if options.max_retries:
         # rerun crashes only: never a Python error, a payload that cannot load here, or
         # an environment that cannot start here (each would fail the same way again)

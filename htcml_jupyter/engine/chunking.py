@@ -19,5 +19,3 @@ def auto_chunksize(n_items: int, slots: int) -> int:
     return math.ceil(n_items / slots)
 
 
-def chunks(indexes: list[int], size: int) -> list[list[int]]:
-    return [indexes[i:i + size] for i in range(0, len(indexes), size)]

@@ -7,25 +7,45 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .chunking import auto_chunksize
+from .inputs import shared_files
 from .mapping import Chunksize, Map
 from .options import OptionError, SubmitOptions
 from .payload import code_locations, dump_function
 from .store import MapStore, new_map_name
-from .submission import submit_tasks, write_tasks
+from .submission import submit_tasks, write_task_stream
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
 
 
+#: ``chunksize="auto"`` over inputs of unknown length looks this many items ahead to
+#: size the jobs (the rest are read one job at a time).
+LOOKAHEAD = 100_000
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
                kwargs: dict[str, Any] | None, backend: Backend, root: Path,
                name: str | None, chunksize: Chunksize, options: dict[str, Any],
-               extra_meta: dict[str, Any] | None = None) -> Map:
-    """Validate, write the map's folder, submit its jobs, and return the handle."""
+               extra_meta: dict[str, Any] | None = None,
+               setup: Callable[[], Any] | None = None,
+               batch_size: int | None = None) -> Map:
+    """Validate, write the map's folder, submit its jobs, and return the handle.
+
+    The inputs are read one job at a time: a generator of millions of items is never
+    held in memory, and each job's items go into one input file.
+    """
     submit_options = SubmitOptions.from_kwargs(options)
     if kwargs is None:
         kwargs = {}
@@ -34,6 +54,10 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
     if chunksize != "auto" and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
                                 or chunksize < 1):
         raise OptionError(f"chunksize must be a whole number >= 1 or 'auto', not {chunksize!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or
+                                   not isinstance(batch_size, int) or batch_size < 1):
+        raise OptionError(f"batch_size must be a whole number >= 1 (or None: one item per "
+                          f"call), not {batch_size!r}")
     if isinstance(iterable, (str, bytes)):
         raise TypeError("map over a list of strings, not one string (which would map over "
                         "its characters); wrap it: [text]")
@@ -42,33 +66,44 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
     except TypeError:
         raise TypeError(f"the inputs must be iterable (a list, range, generator...), not "
                         f"{type(iterable).__name__}") from None
-    arguments = list(iterator)
-    if not arguments:
+    length = _length(iterable)
+    head = list(islice(iterator, LOOKAHEAD if length is None else 1))
+    if not head:
         raise ValueError("the inputs are empty: there is nothing to map")
+    if length is None and len(head) < LOOKAHEAD:
+        length = len(head)  # it ended within the look-ahead
+    shared = shared_files(kwargs)
     fn_name = getattr(function, "__name__", "map")
     name = name or new_map_name(fn_name)
     backend.check_visible(root / name)
-    size = (auto_chunksize(len(arguments), backend.capacity(submit_options))
-            if chunksize == "auto" else chunksize)
+    size = chunksize if chunksize != "auto" else auto_chunksize(
+        length if length is not None else LOOKAHEAD, backend.capacity(submit_options))
+    if batch_size is not None and chunksize == "auto":
+        size = max(batch_size, size // batch_size * batch_size)  # whole batches per job
     meta = {
-        "name": name, "function": fn_name, "created": time.time(), "n_items": len(arguments),
+        "name": name, "function": fn_name, "created": time.time(), "n_items": length,
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
         "pool": backend.describe(), "batch_name": name,
         "code_locations": code_locations(function),
+        "batch_size": batch_size, "setup": getattr(setup, "__name__", None) if setup else None,
         **(extra_meta or {}),
     }
     # Pickle the function before anything exists, so a bad function leaves nothing behind.
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "function.pkl"
-        dump_function(function, kwargs, probe)
+        dump_function(function, kwargs, probe, setup=setup, batch_size=batch_size)
         store = MapStore.create(root, name, meta)
         try:
             os.replace(probe, store.function_file)
         except OSError:
-            dump_function(function, kwargs, store.function_file)
+            dump_function(function, kwargs, store.function_file, setup=setup,
+                          batch_size=batch_size)
     try:
-        tasks = write_tasks(store, dict(enumerate(arguments)), list(range(len(arguments))),
-                            size, first_task=0)
+        tasks = write_task_stream(store, enumerate(chain(head, iterator)), size,
+                                  first_task=0, shared_files=shared)
+        n_items = sum(len(items) for _, items in tasks)
+        if n_items != meta["n_items"]:
+            store.write_meta({**meta, "n_items": n_items})
         submit_tasks(store, backend, tasks, submit_options, name)
     except BaseException:
         shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing

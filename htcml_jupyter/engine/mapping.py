@@ -6,21 +6,21 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .actions import MapActions
-from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
+from .errors import HTCMLError
 from .options import SubmitOptions
 from .outcomes import OutcomeReader, item_output
 from .reports import ReportBook
+from .results import MapResults
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
 
-ErrorMode = Literal["raise", "return"]
 Chunksize = int | Literal["auto"]
 
 #: How long the event log may stay quiet before the queue is asked about missing jobs
@@ -28,7 +28,7 @@ Chunksize = int | Literal["auto"]
 VANISHED_CHECK_AFTER = float(os.environ.get("HTCML_QUEUE_CHECK_AFTER", "60"))
 
 
-class Map(MapActions):
+class Map(MapActions, MapResults):
     """A function mapped over inputs as jobs; results gather in the map's folder.
 
     Build one with :func:`htcml_jupyter.map` or rebuild one from disk with
@@ -195,15 +195,40 @@ class Map(MapActions):
         self.refresh()
         with self._lock:
             states = [ItemState.IDLE] * self.n_items
+            index = self._table.item_task
             for status in self._table.tasks.values():
-                for item in status.items:
-                    if self._table.item_task.get(item) == status.task:
-                        states[item] = self._item_state(item, status)
+                current = index.current(status.task, status.items)
+                if status.phase is TaskPhase.FINISHED:
+                    failed = self._outcomes.failed_items(status)
+                    for item in current:
+                        states[item] = ItemState.FAILED if item in failed else ItemState.DONE
+                    continue
+                state = ItemState(status.phase.value)
+                items = status.items
+                if isinstance(items, range) and not index.moved_from(status.task, items):
+                    states[items.start:items.stop] = [state] * len(items)
+                else:
+                    for item in current:
+                        states[item] = state
             return states
 
     def status(self) -> dict[str, int]:
         """Counts of items per state: idle, running, done, failed, held, removed."""
-        return _count(self.item_states())
+        self.refresh()
+        with self._lock:
+            counts: Counter[str] = Counter()
+            index = self._table.item_task
+            for status in self._table.tasks.values():
+                held = len(status.items) - index.moved_from(status.task, status.items)
+                if status.phase is TaskPhase.FINISHED:
+                    failed = sum(1 for i in self._outcomes.failed_items(status)
+                                 if index.get(i) == status.task)
+                    counts[ItemState.DONE.value] += held - failed
+                    counts[ItemState.FAILED.value] += failed
+                else:
+                    counts[status.phase.value] += held
+            counts[ItemState.IDLE.value] += self.n_items - len(index)
+            return {state.value: counts.get(state.value, 0) for state in ItemState}
 
     def tasks(self) -> list[TaskStatus]:
         """What is known of each job of the map (one job may hold several items)."""
@@ -221,7 +246,7 @@ class Map(MapActions):
     @property
     def done(self) -> bool:
         """True when every item is settled: done, failed, held or removed."""
-        return all(s.settled for s in self.item_states())
+        return _settled(self.status()) >= self.n_items
 
     def wait(self, timeout: float | None = None, poll: float = 0.2,
              progress: Callable[[dict[str, int]], None] | None = None) -> bool:
@@ -234,13 +259,11 @@ class Map(MapActions):
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, int] | None = None
         while True:
-            states = self.item_states()
-            if progress is not None:
-                counts = _count(states)
-                if counts != last:
-                    progress(counts)
-                    last = counts
-            if all(s.settled for s in states):
+            counts = self.status()
+            if progress is not None and counts != last:
+                progress(counts)
+                last = counts
+            if _settled(counts) >= self.n_items:
                 return True
             self._check_queue()
             if deadline is not None and time.monotonic() >= deadline:
@@ -262,124 +285,14 @@ class Map(MapActions):
     def _value_of(self, item: int) -> Any:
         return self._outcomes.value(self._status_of(item), item)
 
-    @property
-    def errors(self) -> dict[int, RemoteError]:
-        """Items whose function raised: ``{item: RemoteError}`` with the remote traceback."""
-        states = self.item_states()
-        with self._lock:
-            out = {}
-            for i, s in enumerate(states):
-                if s is ItemState.FAILED:
-                    err = self._error_of(i, s)
-                    if isinstance(err, RemoteError):
-                        out[i] = err
-            return out
-
-    @property
-    def holds(self) -> dict[int, str]:
-        """Items whose job is on hold: ``{item: HTCondor's hold reason}``."""
-        states = self.item_states()
-        with self._lock:
-            return {i: self._table.tasks[self._table.item_task[i]].hold_reason or "held"
-                    for i, s in enumerate(states) if s is ItemState.HELD}
-
-    def results(self, errors: ErrorMode = "raise", timeout: float | None = None) -> list[Any]:
-        """Every item's result, in item order (waits for the map first).
-
-        With ``errors="raise"`` a :class:`MapError` names every item without a result
-        (its ``.errors`` holds each one); with ``errors="return"`` such items give their
-        error object (:class:`RemoteError`, :class:`ItemHeld`, :class:`ItemRemoved`).
-        """
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        if not self.wait(timeout):
-            raise WaitTimeout(f"map {self.name!r} is not finished after {timeout} s: "
-                              f"{self.status()}")
-        states = self.item_states()
-        with self._lock:
-            out: list[Any] = []
-            failures: dict[int, HTCMLError] = {}
-            for i, s in enumerate(states):
-                try:
-                    if s is ItemState.DONE:
-                        out.append(self._value_of(i))
-                        continue
-                    err = self._error_of(i, s)
-                except RemoteError as unreadable:  # a result that cannot be unpickled here
-                    err = unreadable
-                failures[i] = err
-                out.append(err)
-        if failures and errors == "raise":
-            raise MapError(self.name, failures, self.n_items)
-        return out
-
-    def error(self, item: int) -> HTCMLError | None:
-        """Why ``item`` has no result (RemoteError, ItemHeld, ItemRemoved), or None when it
-        is done or still pending.  Reads the state known now; ``refresh()`` reads more."""
-        self._check_index(item)
-        with self._lock:
-            status = self._table.tasks[self._table.item_task[item]]
-            state = self._item_state(item, status)
-            if state is ItemState.DONE or not state.settled:
-                return None
-            return self._error_of(item, state)
-
-    def result(self, item: int) -> Any:
-        """One item's result (raises its error when it has none)."""
-        self._check_index(item)
-        state = self.item_states()[item]
-        with self._lock:
-            if state is ItemState.DONE:
-                return self._value_of(item)
-            if not state.settled:
-                raise HTCMLError(f"item {item} is still {state.value}")
-            raise self._error_of(item, state)
-
-    def as_completed(self, timeout: float | None = None, errors: ErrorMode = "raise",
-                     poll: float = 0.2) -> Iterator[tuple[int, Any]]:
-        """Yield ``(item, result)`` as items finish, in finishing order.
-
-        A failed, held or removed item raises its error (``errors="raise"``) or is
-        yielded with the error object as its result (``errors="return"``).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen: set[int] = set()
-        while len(seen) < self.n_items:
-            states = self.item_states()
-            for i, s in enumerate(states):
-                if i in seen or not s.settled:
-                    continue
-                seen.add(i)
-                try:
-                    with self._lock:
-                        if s is ItemState.DONE:
-                            value = self._value_of(i)
-                        else:
-                            err = self._error_of(i, s)
-                except RemoteError as unreadable:  # a result that cannot be unpickled here
-                    err, s = unreadable, ItemState.FAILED
-                if s is ItemState.DONE:
-                    yield i, value
-                    continue
-                if errors == "raise":
-                    raise err
-                yield i, err
-            if len(seen) >= self.n_items:
-                return
-            self._check_queue()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"{self.n_items - len(seen)} items of {self.name!r} "
-                                  f"unfinished after {timeout} s")
-            time.sleep(poll)
-
     # ------------------------------------------------------------------ output
     def stdout(self, item: int) -> str:
         """What ``item`` printed to standard output (its part of the job's output)."""
-        return item_output(self.store.stdout_file(self.job_of(item).task), item)
+        return item_output(self.store.stdout_file(self.job_of(item).task), self.call_of(item))
 
     def stderr(self, item: int) -> str:
         """What ``item`` wrote to standard error, remote tracebacks included."""
-        return item_output(self.store.stderr_file(self.job_of(item).task), item)
+        return item_output(self.store.stderr_file(self.job_of(item).task), self.call_of(item))
 
     def close(self) -> None:
         """Stop reading the event log (the jobs and the map's folder are untouched)."""
@@ -392,6 +305,5 @@ class Map(MapActions):
         self.close()
 
 
-def _count(states: list[ItemState]) -> dict[str, int]:
-    counts = Counter(s.value for s in states)
-    return {state.value: counts.get(state.value, 0) for state in ItemState}
+def _settled(counts: dict[str, int]) -> int:
+    return sum(n for state, n in counts.items() if ItemState(state).settled)

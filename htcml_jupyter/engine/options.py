@@ -48,6 +48,18 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def _destination(name: str, value: Any) -> str:
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text.strip():
+        raise OptionError(f"{name} must be a folder path or a URL, not {value!r}")
+    if any(c in text for c in ("\n", "\r", '"', ",", ";", "$(", " ")):
+        raise OptionError(f"{name}: {text!r} cannot hold spaces, quotes, ',', ';' or '$('")
+    if "://" not in text and not os.path.isabs(text):
+        raise OptionError(f"{name} must be an absolute folder (the submit host writes to it) "
+                          f"or a URL such as osdf:///ospool/..., not {text!r}")
+    return text.rstrip("/") or "/"
+
+
 def _integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise OptionError(f"{name} must be a whole number, not {value!r}")
@@ -59,6 +71,11 @@ def _capability(name: str, value: Any) -> float:
         raise OptionError(f"{name} must be a CUDA capability such as 7.5, not {value!r}")
     return float(value)
 
+
+#: A map with more jobs than this is submitted with ``max_idle`` set to it (unless
+#: ``max_idle`` or ``max_materialize`` is given): the schedd materializes jobs as others
+#: finish instead of holding them all at once.
+LATE_MATERIALIZATION = 1000
 
 #: Submit commands the engine relies on (event log, what runs, which files come back and
 #: where); ``submit_extra`` may not set them.
@@ -92,7 +109,8 @@ def _extra(name: str, value: Any) -> dict[str, str]:
 #: Names in the job's folder that the runner itself uses; input files may not take them.
 RESERVED_FILE_NAMES = frozenset({
     "runner.py", "job.py", "wire.py", "htchirp.py", "bootstrap.sh", "function.pkl",
-    "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env",
+    "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env", "htcml_outputs",
+    "calls.py",
 })
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -190,8 +208,13 @@ OPTIONS: dict[str, OptionSpec] = {
                                   "container_image"),
     "max_retries": OptionSpec(_count, 0, "reruns of a job that crashes (not Python errors)",
                               "max_retries"),
-    "max_idle": OptionSpec(_positive, None, "how many jobs of the map may wait in the queue",
+    "max_idle": OptionSpec(_positive, None, "how many jobs of the map may wait in the queue "
+                           f"(late materialization; {LATE_MATERIALIZATION} when the map has "
+                           f"more jobs and neither this nor max_materialize is set)",
                            "max_idle"),
+    "max_materialize": OptionSpec(_positive, None,
+                                  "how many jobs of the map may be in the queue at once "
+                                  "(late materialization)", "max_materialize"),
     "priority": OptionSpec(_integer, 0, "job priority within your own jobs", "priority"),
     "accounting_group": OptionSpec(_text, None, "accounting group to charge",
                                    "accounting_group"),
@@ -207,6 +230,10 @@ OPTIONS: dict[str, OptionSpec] = {
                                 "let jobs flock from CHTC to other pools (+WantFlocking)",
                                 "My.WantFlocking", render=_classad_bool),
     "input_files": OptionSpec(_files, [], "files or URLs sent to every job's folder"),
+    "output_destination": OptionSpec(_destination, None,
+                                     "where files written under output_dir() go: an "
+                                     "absolute folder, or a URL such as osdf:///... "
+                                     "(default: the map's folder)"),
     "environment": OptionSpec(_text, "auto",
                               "how jobs get Python and packages: 'auto', 'pack', 'shared', or "
                               "the path or URL of an archive from `htcml env pack`"),
@@ -247,6 +274,7 @@ class SubmitOptions:
     container_image: str | None = None
     max_retries: int = OPTIONS["max_retries"].default
     max_idle: int | None = None
+    max_materialize: int | None = None
     priority: int = OPTIONS["priority"].default
     accounting_group: str | None = None
     project_name: str | None = None
@@ -254,6 +282,7 @@ class SubmitOptions:
     gpu_job_length: str | None = None
     want_flocking: bool = False
     input_files: tuple[str, ...] = ()
+    output_destination: str | None = None
     environment: str = OPTIONS["environment"].default
     python: str | None = None
     submit_extra: Mapping[str, str] = field(default_factory=dict)

@@ -8,6 +8,7 @@ errors for the :class:`~htcml_jupyter.engine.mapping.Map`.
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,23 @@ def item_output(path: Path, item: int) -> str:
 
 
 class OutcomeReader:
-    """Reads and caches the outcome records of a map's finished jobs."""
+    """Reads the outcome records of a map's finished jobs.
+
+    The records of the most recently read jobs are cached, up to :attr:`CACHE_RECORDS`
+    items, so reading a million results in order reads each job's file once without
+    holding every record; which items of each job have no result is kept for all jobs.
+    """
+
+    #: Item records kept in memory at most (the newest job's are always kept).
+    CACHE_RECORDS = 250_000
 
     def __init__(self, store: MapStore, code_locations: dict[str, str]):
         self.store = store
         self.code_locations = code_locations
-        self._cache: dict[int, dict[int, dict[str, Any]]] = {}
+        self._cache: OrderedDict[int, dict[int, dict[str, Any]]] = OrderedDict()
+        self._cached = 0
+        self._failed: dict[int, frozenset[int]] = {}
+        self._headers: dict[int, dict[str, Any]] = {}
         self._problems: dict[int, str] = {}
 
     def records(self, task: int) -> dict[int, dict[str, Any]]:
@@ -49,13 +61,14 @@ class OutcomeReader:
         kept for :meth:`error`).  Nothing in a damaged file escapes as an exception."""
         cached = self._cache.get(task)
         if cached is not None:
+            self._cache.move_to_end(task)
             return cached
         path = self.store.output_file(task)
         try:
             with path.open("rb") as f:
-                read_header(f)
+                header = read_header(f)
                 records = pickle.loads(f.read())
-            outcome = {int(r["index"]): dict(r) for r in records}
+            outcome = {int(r["index"]): r for r in records}
         except FileNotFoundError:
             return {}
         except BaseException as exc:  # a damaged file: truncated, corrupted, hostile
@@ -65,14 +78,35 @@ class OutcomeReader:
                                     f"({type(exc).__name__}: {exc})")
             return {}
         self._problems.pop(task, None)
+        self._headers[task] = header
         self._cache[task] = outcome
+        self._cached += len(outcome)
+        while self._cached > self.CACHE_RECORDS and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached -= len(dropped)
         return outcome
+
+    def failed_items(self, status: TaskStatus) -> frozenset[int]:
+        """The items of a finished job that have no result (read once per job)."""
+        known = self._failed.get(status.task)
+        if known is not None:
+            return known
+        records = self.records(status.task)
+        failed = frozenset(i for i in status.items if not _has_value(records.get(i)))
+        if records:  # an outcome not there yet is read again next time
+            self._failed[status.task] = failed
+        return failed
+
+    def header(self, task: int) -> dict[str, Any]:
+        """The outcome file's header (host, Python, set-up runs); empty when unread."""
+        if task not in self._headers:
+            self.records(task)
+        return self._headers.get(task, {})
 
     def succeeded(self, status: TaskStatus, item: int) -> bool:
         """Whether ``item`` of a finished job has a result: its own record says so (an
         exit code of 0 alone is not enough)."""
-        record = self.records(status.task).get(item)
-        return record is not None and record.get("ok") is True and "value" in record
+        return item not in self.failed_items(status)
 
     def value(self, status: TaskStatus, item: int) -> Any:
         """The result of a done item; :class:`RemoteError` when it cannot be unpickled
@@ -121,3 +155,7 @@ class OutcomeReader:
         error["traceback"] = restore_source_lines(str(error.get("traceback", "")),
                                                   self.code_locations)
         return RemoteError(item, error, status.job_id)
+
+
+def _has_value(record: dict[str, Any] | None) -> bool:
+    return record is not None and record.get("ok") is True and "value" in record

@@ -52,19 +52,21 @@ def _by_value_module(function: Callable[..., Any]) -> ModuleType | None:
 
 
 @contextmanager
-def _pickled_by_value(module: ModuleType | None) -> Iterator[None]:
-    if module is None:
-        yield
-        return
-    try:
-        cloudpickle.register_pickle_by_value(module)
-    except ValueError:  # already registered, or not importable by name
-        yield
-        return
+def _pickled_by_value(*modules: ModuleType | None) -> Iterator[None]:
+    registered = []
+    for module in modules:
+        if module is None:
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:  # already registered, or not importable by name
+            continue
+        registered.append(module)
     try:
         yield
     finally:
-        cloudpickle.unregister_pickle_by_value(module)
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def code_locations(function: Callable[..., Any]) -> dict[str, str]:
@@ -120,30 +122,47 @@ def restore_source_lines(traceback_text: str, locations: dict[str, str]) -> str:
     return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")
 
 
-def dump_function(function: Callable[..., Any], kwargs: dict[str, Any], path: Path) -> int:
-    """Pickle ``(function, kwargs)`` to ``path``; raise :class:`PickleError` with the fix."""
+def dump_function(function: Callable[..., Any], kwargs: dict[str, Any], path: Path, *,
+                  setup: Callable[[], Any] | None = None,
+                  batch_size: int | None = None) -> int:
+    """Pickle the function, its keyword arguments, the per-job ``setup`` and the
+    ``batch_size`` to ``path``; raise :class:`PickleError` with the fix."""
     if not callable(function):
         raise TypeError(f"the function to map must be callable, not {type(function).__name__}")
+    if setup is not None and not callable(setup):
+        raise TypeError(f"setup must be a function that takes no arguments (use "
+                        f"functools.partial for its arguments), not {type(setup).__name__}")
+    content: Any = (function, kwargs) if setup is None and batch_size is None else {
+        "function": function, "kwargs": kwargs, "setup": setup, "batch_size": batch_size}
+    by_value = {_by_value_module(function), _by_value_module(setup) if setup else None}
     try:
-        with _pickled_by_value(_by_value_module(function)):
-            body = cloudpickle.dumps((function, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        with _pickled_by_value(*by_value):
+            body = cloudpickle.dumps(content, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         name = getattr(function, "__qualname__", repr(function))
+        also = " and the set-up" if setup is not None else ""
         raise PickleError(
-            f"cannot send {name} to the pool: {type(exc).__name__}: {exc}. The function, "
-            f"its keyword arguments and everything they refer to (globals, closures) must "
-            f"be picklable: open files, locks, sockets and live connections are not. Create "
-            f"such objects inside the function instead.") from exc
+            f"cannot send {name}{also} to the pool: {type(exc).__name__}: {exc}. The "
+            f"function, its keyword arguments{also} and everything they refer to (globals, "
+            f"closures) must be picklable: open files, locks, sockets and live connections "
+            f"are not. Create such objects inside the function instead (or in setup=, "
+            f"which runs once per job).") from exc
     write_payload(str(path), payload_header(), body)
     return len(body)
 
 
 def dump_items(items: Sequence[tuple[int, Any]], path: Path) -> None:
-    """Pickle the ``(index, argument)`` pairs of one job to ``path``."""
+    """Pickle the ``(index, argument)`` pairs of one job to ``path``; the header names the
+    items (as ``[first, count]`` when they are a run, so it stays small)."""
     try:
         body = cloudpickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         first = items[0][0] if items else "?"
         raise PickleError(f"cannot pickle the inputs of items starting at {first}: "
                           f"{type(exc).__name__}: {exc}") from exc
-    write_payload(str(path), payload_header(items=[i for i, _ in items]), body)
+    indexes = [i for i, _ in items]
+    contiguous = bool(indexes) and indexes == list(range(indexes[0],
+                                                          indexes[0] + len(indexes)))
+    where = ({"span": [indexes[0], len(indexes)]} if contiguous and len(indexes) > 1
+             else {"items": indexes})
+    write_payload(str(path), payload_header(**where), body)

@@ -8,6 +8,8 @@ event file) into :class:`TaskEvent` values; :class:`TaskTable` applies them thro
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +85,7 @@ class TaskStatus:
     """What is known of one job."""
 
     task: int
-    items: list[int]
+    items: Sequence[int]
     phase: TaskPhase = TaskPhase.IDLE
     job_id: str | None = None
     host: str | None = None
@@ -145,17 +147,81 @@ class TaskStatus:
         return changed
 
 
+class ItemTasks(Mapping[int, int]):
+    """Which job holds each item now: ``{item: task}`` in space proportional to jobs.
+
+    A map's first jobs hold runs of items (one ``range`` each): an item is found by
+    bisecting their starts.  Items that a retry moved to a new job are kept one by one.
+    """
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._runs: list[tuple[range, int]] = []
+        self._moved: dict[int, int] = {}
+        self._count = 0
+
+    def assign(self, task: int, items: Sequence[int]) -> None:
+        """``task`` holds ``items`` from now on."""
+        if (isinstance(items, range) and items.step == 1 and len(items)
+                and (not self._runs or items.start >= self._runs[-1][0].stop)
+                and not self._moved):
+            self._starts.append(items.start)
+            self._runs.append((items, task))
+            self._count += len(items)
+            return
+        for item in items:
+            if item not in self:
+                self._count += 1
+            self._moved[item] = task
+
+    def __getitem__(self, item: int) -> int:
+        task = self._moved.get(item)
+        if task is not None:
+            return task
+        at = bisect_right(self._starts, item) - 1
+        if at >= 0 and item in self._runs[at][0]:
+            return self._runs[at][1]
+        raise KeyError(item)
+
+    def __contains__(self, item: object) -> bool:
+        try:
+            self[item]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        seen = set(self._moved)
+        for run, _ in self._runs:
+            yield from (i for i in run if i not in seen)
+        yield from self._moved
+
+    def __len__(self) -> int:
+        return self._count
+
+    def moved_from(self, task: int, items: Sequence[int]) -> int:
+        """How many of ``task``'s ``items`` a later job holds now."""
+        if not self._moved:
+            return 0
+        return sum(1 for i in items if i in self._moved and self._moved[i] != task)
+
+    def current(self, task: int, items: Sequence[int]) -> Iterator[int]:
+        """The ``items`` of ``task`` that it still holds (not moved to a later job)."""
+        if not self._moved:
+            return iter(items)
+        return (i for i in items if self._moved.get(i, task) == task)
+
+
 class TaskTable:
     """Every job of a map, and which job holds each item now (the latest attempt)."""
 
     def __init__(self) -> None:
         self.tasks: dict[int, TaskStatus] = {}
-        self.item_task: dict[int, int] = {}
+        self.item_task = ItemTasks()
 
-    def add_task(self, task: int, items: list[int]) -> None:
+    def add_task(self, task: int, items: Sequence[int]) -> None:
         self.tasks[task] = TaskStatus(task, items)
-        for item in items:
-            self.item_task[item] = task
+        self.item_task.assign(task, items)
 
     def apply(self, event: TaskEvent) -> bool:
         status = self.tasks.get(event.task)
@@ -165,3 +231,10 @@ class TaskTable:
 
     def next_task_id(self) -> int:
         return max(self.tasks, default=-1) + 1
+
+    def copy(self) -> TaskTable:
+        """A snapshot: the jobs' states copied, the item index shared (read-only use)."""
+        table = TaskTable()
+        table.tasks = {t: TaskStatus(**vars(s)) for t, s in self.tasks.items()}
+        table.item_task = self.item_task
+        return table

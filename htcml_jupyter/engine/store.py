@@ -4,10 +4,13 @@ Layout of ``<root>/<name>/`` (mode 0700)::
 
     map.json            name, backend, pool, options, item count, creation time
     function.pkl        the cloudpickled (function, kwargs), written once
-    tasks.jsonl         one line per job ever created: {"task", "items"}
+    tasks.jsonl         one line per job ever created: {"task", "items"}, or
+                        {"task", "first", "count"} for a run of items; "files": the
+                        per-item files and URLs HTCondor transfers for that job
     submissions.jsonl   one line per submission: {"cluster", "tasks", "time"}
     inputs/task-N.pkl   the items of job N
     outputs/task-N.pkl  the outcome of job N (written by the runner, sent back)
+    outputs/files/task-N/K/  the files the call starting at item K wrote (output_dir())
     logs/events.log     HTCondor's job event log for every cluster of the map
     logs/task-N.out|err the job's stdout and stderr
     seed/               an empty outcome file and checkpoint folder every job starts with
@@ -23,7 +26,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,12 +135,34 @@ class MapStore:
         meta: dict[str, Any] = json.loads((self.path / "map.json").read_text())
         return meta
 
-    def add_tasks(self, tasks: list[tuple[int, list[int]]]) -> None:
-        _append_lines(self.path / "tasks.jsonl", [{"task": t, "items": i} for t, i in tasks])
+    def add_tasks(self, tasks: Sequence[tuple[int, Sequence[int]]],
+                  files: dict[int, list[str]] | None = None) -> None:
+        """Record new jobs: their items (a ``range`` is stored as its first item and
+        count) and, per job, the files and URLs HTCondor transfers for its items."""
+        rows = []
+        for task, items in tasks:
+            row: dict[str, Any] = (
+                {"task": task, "first": items.start, "count": len(items)}
+                if isinstance(items, range) and items.step == 1 else
+                {"task": task, "items": list(items)})
+            if files and files.get(task):
+                row["files"] = files[task]
+            rows.append(row)
+        _append_lines(self.path / "tasks.jsonl", rows)
 
-    def tasks(self) -> Iterator[tuple[int, list[int]]]:
+    def tasks(self) -> Iterator[tuple[int, Sequence[int]]]:
+        """``(task, items)`` of every job ever created; a run of items is a ``range``."""
         for row in _read_lines(self.path / "tasks.jsonl"):
-            yield int(row["task"]), [int(i) for i in row["items"]]
+            if "first" in row:
+                first = int(row["first"])
+                yield int(row["task"]), range(first, first + int(row["count"]))
+            else:
+                yield int(row["task"]), [int(i) for i in row["items"]]
+
+    def task_files(self) -> dict[int, list[str]]:
+        """``{task: files and URLs}`` for the jobs whose items carry ``File`` inputs."""
+        return {int(row["task"]): list(row["files"])
+                for row in _read_lines(self.path / "tasks.jsonl") if row.get("files")}
 
     def add_submission(self, cluster: int, tasks: list[int], token: str | None = None) -> None:
         """Record that ``tasks`` were queued as cluster ``cluster`` (closing the pending
@@ -217,6 +242,10 @@ class MapStore:
 
     def output_file(self, task: int) -> Path:
         return self.path / "outputs" / f"task-{task}.pkl"
+
+    def files_folder(self, task: int) -> Path:
+        """Where the output files of job ``task`` arrive (one folder per call)."""
+        return self.path / "outputs" / "files" / f"task-{task}"
 
     def stdout_file(self, task: int) -> Path:
         return self.path / "logs" / f"task-{task}.out"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from ..jobside.runner import read_header
-from .chunking import chunks
+from .inputs import job_files
 from .options import SubmitOptions
 from .payload import dump_items
 from .store import MapStore
@@ -16,18 +17,39 @@ from .store import MapStore
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
 
-Tasks = list[tuple[int, list[int]]]
+Tasks = list[tuple[int, Sequence[int]]]
 
 
 def write_tasks(store: MapStore, arguments: Mapping[int, Any], items: list[int], size: int,
-                first_task: int) -> Tasks:
+                first_task: int, shared_files: Sequence[str] = ()) -> Tasks:
     """Pack ``items`` into jobs of ``size`` items numbered from ``first_task``, write each
     job's input file and record the jobs in the map's folder; returns ``[(task, items)]``."""
-    tasks = [(first_task + offset, chunk) for offset, chunk in enumerate(chunks(items, size))]
+    return write_task_stream(store, ((i, arguments[i]) for i in items), size, first_task,
+                             shared_files)
+
+
+def write_task_stream(store: MapStore, pairs: Iterator[tuple[int, Any]], size: int,
+                      first_task: int, shared_files: Sequence[str] = ()) -> Tasks:
+    """Consume ``(index, argument)`` pairs ``size`` at a time, one job each: only one
+    job's items are in memory at once.  Each job's ``File`` inputs (and the
+    ``shared_files`` every job gets) are recorded for HTCondor to transfer."""
     store.make_seed_files()
-    for task, chunk in tasks:
-        dump_items([(i, arguments[i]) for i in chunk], store.input_file(task))
-    store.add_tasks(tasks)
+    tasks: Tasks = []
+    files: dict[int, list[str]] = {}
+    task = first_task
+    while True:
+        chunk = list(islice(pairs, size))
+        if not chunk:
+            break
+        sources = job_files(chunk, shared_files)
+        dump_items(chunk, store.input_file(task))
+        indexes = [i for i, _ in chunk]
+        run = range(indexes[0], indexes[0] + len(indexes))
+        tasks.append((task, run if indexes == list(run) else indexes))
+        if sources or shared_files:
+            files[task] = [*shared_files, *sources]
+        task += 1
+    store.add_tasks(tasks, files)
     return tasks
 
 

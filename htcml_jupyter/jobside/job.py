@@ -8,6 +8,7 @@ job runner then makes this module importable as ``htcml_jupyter``.
 * :func:`checkpoint` -- save state at epoch boundaries and resume from it after an
   eviction (HTCondor self-checkpointing).
 * :func:`device` -- ``"cuda"`` when the job has a usable GPU, else ``"cpu"``.
+* :func:`output_dir` -- a folder whose files come back with the item's results.
 
 Outside a job (a plain call in the notebook) reports are kept in memory and
 checkpoints go to a local folder, so the same function runs unchanged.
@@ -23,17 +24,20 @@ import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 # Always imported as htcml_jupyter.jobside.job: from the installed package, or from the
 # job's folder through the stand-in package the job runner sets up.
 from .wire import (
+    CALL_ENV,
     CHECKPOINT_DIR,
     EXIT_CHECKPOINT,
     ITEM_ENV,
     LOCAL_ENV,
     MAX_UPDATE,
     METRICS_FILE_ENV,
+    OUTPUTS_DIR,
     REPORT_ATTRIBUTE,
     REPORT_ITEM,
     REPORT_METRICS,
@@ -297,3 +301,21 @@ def device() -> str:
     except ImportError:
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- output files
+
+
+def output_dir() -> Path:
+    """The folder for the output files of the item (or batch) running now.
+
+    What the function writes here comes back with the results: into the map's folder
+    (``m.output_files(item)`` lists the files), or to the map's ``output_destination``
+    (a folder, or a URL such as ``osdf:///...``).  Each call gets its own folder, so
+    items never overwrite each other's files.  Outside a job it is a folder under the
+    current directory.
+    """
+    key = os.environ.get(CALL_ENV, "local")
+    folder = Path(OUTPUTS_DIR) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.resolve()

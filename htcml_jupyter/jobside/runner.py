@@ -139,7 +139,9 @@ def _install_job_api_fallback() -> None:
     sys.modules["htcml_jupyter.jobside"] = jobside
     package.jobside = jobside  # type: ignore[attr-defined]
     job = importlib.import_module("htcml_jupyter.jobside.job")
-    for name in ("report", "checkpoint", "device", "local_reports"):
+    package.File = importlib.import_module(  # type: ignore[attr-defined]
+        "htcml_jupyter.jobside.calls").File
+    for name in ("report", "checkpoint", "device", "local_reports", "output_dir"):
         setattr(package, name, getattr(job, name))
 
 
@@ -162,16 +164,20 @@ def _lost(indexes: list[int]) -> list[dict[str, Any]]:
 
 def run(function_file: str, input_file: str, outcome_file: str) -> int:
     """Run every item of ``input_file`` through the function; return the exit status."""
-    out_header = {"python": python_version(), "host": socket.gethostname()}
+    out_header: dict[str, Any] = {"python": python_version(), "host": socket.gethostname()}
     with open(input_file, "rb") as f:
         in_header = read_header(f)
         input_bytes = f.read()
-    indexes: list[int] = list(in_header.get("items", []))
+    indexes: list[int] = _indexes(in_header)
     # A restart (after a checkpoint exit, or an eviction that brought the outcome file
     # back) keeps what the earlier run finished and runs only the rest.
-    finished = _finished_records(outcome_file, indexes)
-    _write_outcome(outcome_file, out_header, _merge(indexes, finished))
+    earlier_header, finished = _finished_records(outcome_file, indexes)
+    setup_runs: list[dict[str, Any]] = list(earlier_header.get("setup_runs", []))
+    out_header["setup_runs"] = setup_runs
+    writer = _OutcomeWriter(outcome_file, out_header, indexes)
+    writer.write(finished)
     os.makedirs(wire.CHECKPOINT_DIR, exist_ok=True)  # always there for HTCondor to send back
+    os.makedirs(wire.OUTPUTS_DIR, exist_ok=True)
     try:
         with open(function_file, "rb") as f:
             fn_header = read_header(f)
@@ -182,10 +188,11 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
         import cloudpickle  # noqa: F401  (needed to load what cloudpickle wrote)
 
         _install_job_api_fallback()
-
+        calls = _calls_module()
         try:
-            function, kwargs = pickle.loads(fn_bytes)
+            payload = calls.Payload.from_pickled(pickle.loads(fn_bytes))
             items = pickle.loads(input_bytes)
+            payload.kwargs = calls.localize(payload.kwargs)
         except Exception as exc:
             raise VersionMismatch(
                 f"could not unpickle the function or its inputs ({type(exc).__name__}: "
@@ -196,66 +203,161 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
                 f"container_image).") from exc
     except Exception as exc:
         record = _error_record(exc)
-        _write_outcome(outcome_file, out_header, [
-            {"index": i, "ok": False, "started": None, "seconds": None, "error": record,
-             "payload": True} for i in indexes])
+        writer.write_all([{"index": i, "ok": False, "started": None, "seconds": None,
+                           "error": record, "payload": True} for i in indexes])
         print(f"htcml: {record['type']}: {record['message']}", file=sys.stderr)
         return wire.EXIT_PAYLOAD_FAILED
 
     failed = any(not r.get("ok") for r in finished.values())
-    for index, argument in items:
-        if index in finished:
-            continue
-        marker = wire.ITEM_MARKER.format(index=index)
-        print(marker, flush=True)
-        print(marker, file=sys.stderr, flush=True)
-        os.environ[wire.ITEM_ENV] = str(index)  # read by htcml_jupyter.report()
+    pending = [(i, a) for i, a in items if i not in finished]
+    setup = None
+    if pending and payload.setup is not None:
         started = time.time()
         try:
-            value = function(argument, **kwargs)
-            try:
-                record = {"index": index, "ok": True, "value": _dumps(value)}
-            except Exception as exc:
-                raise TypeError(f"the result of item {index} cannot be pickled: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            setup = calls.run_setup(payload)
+        except BaseException as exc:  # every pending item fails with the set-up's error
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            tb = _user_traceback(exc)
+            print(f"htcml: the set-up failed\n{tb}", file=sys.stderr, end="", flush=True)
+            error = _error_record(exc, "the set-up failed (it ran before the items):\n" + tb)
+            for index, _ in pending:
+                finished[index] = {"index": index, "ok": False, "error": error,
+                                   "started": started, "seconds": time.time() - started}
+            writer.write(finished, force=True)
+            return wire.EXIT_ITEM_FAILED
+        setup_runs.append({"started": started, "seconds": setup.seconds,
+                           "host": out_header["host"]})
+    for call in calls.calls_of(pending, payload.batch_size):
+        key = call[0][0]
+        marker = wire.ITEM_MARKER.format(index=key)
+        print(marker, flush=True)
+        print(marker, file=sys.stderr, flush=True)
+        os.environ[wire.ITEM_ENV] = str(key)  # read by htcml_jupyter.report()
+        os.environ[wire.CALL_ENV] = str(key)  # read by htcml_jupyter.output_dir()
+        started = time.time()
+        try:
+            records = _value_records(call, calls.call_function(payload, setup, call))
         except BaseException as exc:  # every error becomes an outcome
             if isinstance(exc, KeyboardInterrupt):
                 raise
             if isinstance(exc, SystemExit) and exc.code == wire.EXIT_CHECKPOINT:
+                writer.write(finished, force=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 return wire.EXIT_CHECKPOINT
-            failed = True
-            # Leave out the runner's own frame: the traceback starts in the user's code.
-            user_tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-            tb = "".join(traceback.format_exception(type(exc), exc, user_tb))
+            tb = _user_traceback(exc)
             print(tb, file=sys.stderr, end="", flush=True)
-            record = {"index": index, "ok": False, "error": _error_record(exc, tb)}
-        record["started"] = started
-        record["seconds"] = time.time() - started
-        finished[index] = record
+            error = _error_record(exc, tb)
+            records = [{"index": i, "ok": False, "error": error} for i, _ in call]
+        seconds = time.time() - started
+        files = calls.written_files(calls.output_folder(wire.OUTPUTS_DIR, key))
+        for record in records:
+            record["started"] = started
+            record["seconds"] = seconds
+            if files:
+                record["call"] = key
+                record["files"] = files
+            failed = failed or not record["ok"]
+            finished[record["index"]] = record
         _flush_reports()
-        # Each item's outcome is on disk as soon as it finishes: a job killed later
-        # keeps it, and a restart skips it.
-        _write_outcome(outcome_file, out_header, _merge(indexes, finished))
+        # Each finished item's outcome reaches the disk at once (throttled for jobs of
+        # very many items): a job killed later keeps it, and a restart skips it.
+        writer.write(finished)
+    writer.write(finished, force=True)
     sys.stdout.flush()
     sys.stderr.flush()
     _clear_checkpoints()
     return wire.EXIT_ITEM_FAILED if failed else wire.EXIT_OK
 
 
-def _finished_records(path: str, indexes: list[int]) -> dict[int, dict[str, Any]]:
-    """Records of items an earlier run of this job finished (none when the file is
-    missing, empty or damaged, or holds only placeholders)."""
+def _indexes(header: dict[str, Any]) -> list[int]:
+    """The job's item indexes: a list, or ``[first, count]`` for a contiguous run."""
+    span = header.get("span")
+    if span is not None:
+        return list(range(int(span[0]), int(span[0]) + int(span[1])))
+    return list(header.get("items", []))
+
+
+def _calls_module() -> Any:
+    """``htcml_jupyter.jobside.calls``: from the installed package, or from the job's folder
+    through the stand-in package (the same module pickled ``File`` values load from)."""
+    import importlib
+
+    return importlib.import_module("htcml_jupyter.jobside.calls")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the runner's own frames: it starts in the user's code."""
+    tb = exc.__traceback__
+    here = os.path.abspath(__file__)
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in (
+            here, os.path.join(os.path.dirname(here), "calls.py")):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _value_records(call: list[tuple[int, Any]], values: list[Any]) -> list[dict[str, Any]]:
+    """One record per item; a value that cannot be pickled fails only its own item."""
+    records = []
+    for (index, _), value in zip(call, values, strict=True):
+        try:
+            records.append({"index": index, "ok": True, "value": _dumps_value(value)})
+        except Exception as exc:
+            problem = TypeError(f"the result of item {index} cannot be pickled: "
+                                f"{type(exc).__name__}: {exc}")
+            records.append({"index": index, "ok": False, "error": _error_record(problem)})
+    return records
+
+
+def _dumps_value(value: Any) -> bytes:
+    """Plain pickle where it can (fast for the millions of small results of a big map),
+    cloudpickle for what only it can pickle (lambdas, classes defined in the notebook)."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return _dumps(value)
+
+
+class _OutcomeWriter:
+    """Writes the outcome file atomically: after every call for jobs of up to
+    :data:`EVERY_CALL_UP_TO` items; for bigger jobs at most every second or so (and
+    never so often that writing takes more than a twentieth of the time)."""
+
+    EVERY_CALL_UP_TO = 1000
+
+    def __init__(self, path: str, header: dict[str, Any], indexes: list[int]):
+        self.path, self.header, self.indexes = path, header, indexes
+        self.every_call = len(indexes) <= self.EVERY_CALL_UP_TO
+        self.last = 0.0
+        self.cost = 0.0
+
+    def write(self, finished: dict[int, dict[str, Any]], force: bool = False) -> None:
+        now = time.time()
+        if not (force or self.every_call or now - self.last >= max(1.0, 20 * self.cost)):
+            return
+        self.write_all(_merge(self.indexes, finished))
+        self.last = time.time()
+        self.cost = self.last - now
+
+    def write_all(self, records: list[dict[str, Any]]) -> None:
+        _write_outcome(self.path, self.header, records)
+
+
+def _finished_records(path: str, indexes: list[int]
+                      ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The header and the records of items an earlier run of this job finished (none when
+    the file is missing, empty or damaged, or holds only placeholders)."""
     wanted = set(indexes)
     try:
         with open(path, "rb") as f:
-            read_header(f)
+            header = read_header(f)
             records = pickle.loads(f.read())
-        return {int(r["index"]): r for r in records
-                if int(r["index"]) in wanted and not r.get("lost") and not r.get("payload")}
+        return header, {int(r["index"]): r for r in records
+                        if int(r["index"]) in wanted and not r.get("lost")
+                        and not r.get("payload")}
     except Exception:
-        return {}
+        return {}, {}
 
 
 def _merge(indexes: list[int], finished: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

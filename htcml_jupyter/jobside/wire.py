@@ -27,6 +27,12 @@ EXIT_CHECKPOINT = 85
 
 #: The folder, inside the job's working folder, that HTCondor transfers as checkpoint.
 CHECKPOINT_DIR = "htcml_checkpoint"
+#: The folder, inside the job's working folder, whose files come back as the items'
+#: output files: one subfolder per call of the function, named by its first item.
+OUTPUTS_DIR = "htcml_outputs"
+#: Environment variable naming the call running now (its first item): read by
+#: ``output_dir()``.
+CALL_ENV = "_HTCML_CALL"
 #: The job attribute each batch of live reports is written to (one event per batch).
 REPORT_ATTRIBUTE = "HtcmlReport"
 #: The longest text sent in one chirp update; larger batches are split.
