@@ -238,6 +238,19 @@ def test_many_items_stream_into_few_files(pool_env: str, map_root: Path) -> None
         assert len(pickle.loads(f.read())) == 5_000
 
 
+def test_the_cell_magic_takes_setup_and_batches(pool_env: str, map_root: Path,
+                                                ip: Any, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    monkeypatch.setenv("HTCML_HOME", str(map_root))
+    ip.user_ns["words"] = ["a", "bb", "ccc", "dddd", "eeeee"]
+    ip.run_cell_magic("htc_map", "--over words --setup load_vocab --batch-size 2 --wait "
+                      "--no-panel -o lengths",
+                      "def load_vocab():\n    return {'bonus': 100}\n\n"
+                      "def measure(batch, vocab):\n"
+                      "    return [len(w) + vocab['bonus'] for w in batch]\n")
+    assert ip.user_ns["lengths"] == [101, 102, 103, 104, 105]
+
+
 def test_late_materialization_for_maps_of_many_jobs(map_root: Path) -> None:
     from htcml_jupyter.backends.submit_description import submit_description
     from htcml_jupyter.engine.options import LATE_MATERIALIZATION, SubmitOptions

@@ -119,3 +119,43 @@ def test_items_of_one_job_keep_separate_checkpoints(tmp_path: Path) -> None:
     assert [v["restored"] for v in values] == [None, None]  # item 1 never saw item 0's state
     assert values[0]["folder"] != values[1]["folder"]
     assert os.listdir(tmp_path / "htcml_checkpoint") == []  # emptied once all are recorded
+
+
+def _load_offset() -> int:
+    return 1000
+
+
+def _batch_plus(batch: list[int], offset: int) -> list[int]:
+    if 7 in batch:
+        raise KeyError("seven")
+    return [x + offset for x in batch]
+
+
+def test_setup_once_and_batches_in_one_job(tmp_path: Path) -> None:
+    dump_function(_batch_plus, {}, tmp_path / "function.pkl", setup=_load_offset,
+                  batch_size=3)
+    dump_items([(i, i) for i in range(10)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == wire.EXIT_ITEM_FAILED
+    by_index = {r["index"]: r for r in records}
+    assert [pickle.loads(by_index[i]["value"]) for i in (0, 1, 2, 3, 4, 5, 9)] == \
+        [1000, 1001, 1002, 1003, 1004, 1005, 1009]
+    assert {by_index[i]["error"]["type"] for i in (6, 7, 8)} == {"builtins.KeyError"}
+    with open(tmp_path / "outcome.pkl", "rb") as f:
+        header = runner.read_header(f)
+    assert len(header["setup_runs"]) == 1
+
+
+def test_a_restart_keeps_finished_items_of_a_big_job(tmp_path: Path) -> None:
+    """Jobs of many items write their outcome at most about once a second, and always
+    at the end; a second run finds every item finished and runs nothing again."""
+    log = tmp_path / "calls.log"
+    dump_function(die_on_item, {"log": str(log)}, tmp_path / "function.pkl")
+    dump_items([(i, i) for i in range(5000)], tmp_path / "items.pkl")
+    code, records = _run(tmp_path)
+    assert code == wire.EXIT_OK and len(records) == 5000
+    assert pickle.loads(records[4999]["value"]) == 49990
+    assert len(log.read_text().split()) == 5000
+    code, again = _run(tmp_path)
+    assert code == wire.EXIT_OK and len(again) == 5000
+    assert len(log.read_text().split()) == 5000  # nothing ran twice

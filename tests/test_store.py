@@ -37,3 +37,20 @@ def test_open_refuses_names_that_are_not_map_names(tmp_path: Path, name: str) ->
     (tmp_path / "x" / "map.json").write_text("{}")
     with pytest.raises(ValueError, match="map name"):
         MapStore.open(tmp_path / "maps", name)
+
+
+def test_item_index_is_per_job_and_follows_retries() -> None:
+    from htcml_jupyter.engine.state import TaskTable
+
+    table = TaskTable()
+    for task in range(4):
+        table.add_task(task, range(task * 250_000, (task + 1) * 250_000))
+    index = table.item_task
+    assert len(index) == 1_000_000 and index[0] == 0 and index[999_999] == 3
+    assert index[250_000] == 1 and 1_000_000 not in index
+    table.add_task(4, [3, 250_001])          # a retry moves two items to a new job
+    assert index[3] == 4 and index[250_001] == 4 and index[4] == 0
+    assert index.moved_from(0, range(0, 250_000)) == 1
+    assert list(index.current(1, range(250_000, 250_003))) == [250_000, 250_002]
+    assert len(index) == 1_000_000
+    assert len(index._runs) == 4 and len(index._moved) == 2  # per job, plus moved items

@@ -87,6 +87,13 @@ class HTCMagics(Magics):
               help="with --grid: an early-abort policy, e.g. a htc.MedianStopping(...) "
                    "variable")
     @argument("--kwargs", metavar="EXPR", help="dict of constant keyword arguments")
+    @argument("--setup", metavar="EXPR",
+              help="function run once per job (load a model); its value is passed to each "
+                   "call after the item (may be defined in the cell)")
+    @argument("--batch-size", type=int, metavar="N",
+              help="call the function with lists of up to N items")
+    @argument("--output-destination", metavar="DEST",
+              help="folder or URL for the files written under htc.output_dir()")
     @argument("--fn", metavar="NAME",
               help="the function to map (default: the cell's only top-level def)")
     @argument("--cpus", type=int, help="CPU cores per job")
@@ -134,13 +141,16 @@ class HTCMagics(Magics):
         kwargs = resolve_expression(args.kwargs, ns) if args.kwargs else None
         if kwargs is not None and not isinstance(kwargs, dict):
             raise UsageError(f"--kwargs must name a dict, not a {type(kwargs).__name__}")
+        if args.grid and (args.setup or args.batch_size):
+            raise UsageError("--setup and --batch-size apply to --over maps, not to --grid "
+                             "sweeps (load the model inside the trial function)")
         if args.random is not None and not args.grid:
             raise UsageError("--random N samples the space given with --grid")
         if args.grid and not isinstance(inputs, dict):
             raise UsageError(f"--grid must name a dict of lists, not a "
                              f"{type(inputs).__name__}")
         policy = resolve_expression(args.early_stop, ns) if args.early_stop else None
-        function = self._run_cell_for_function(cell, args.fn)
+        function = self._run_cell_for_function(cell, args.fn, skip=args.setup)
         if args.grid:
             m = self._sweep(function, inputs, kwargs, policy, args)
         else:
@@ -157,11 +167,12 @@ class HTCMagics(Magics):
         except SystemExit:  # argparse exits on bad input
             raise UsageError(f"bad arguments {line!r}; see %{magic.__name__}?") from None
 
-    def _run_cell_for_function(self, cell: str, name: str | None) -> Callable[..., Any]:
+    def _run_cell_for_function(self, cell: str, name: str | None,
+                               skip: str | None = None) -> Callable[..., Any]:
         if not cell.strip():
             raise UsageError("the cell is empty: write the function to map in it")
         transformed = self._shell.transform_cell(cell)
-        found = top_level_functions(transformed)
+        found = [f for f in top_level_functions(transformed) if f != skip]
         if name is None:
             if len(found) != 1:
                 listed = ", ".join(found) or "none"
@@ -187,6 +198,7 @@ class HTCMagics(Magics):
                  "gpus_minimum_capability": args.gpu_capability,
                  "container_image": args.image, "max_retries": args.retries,
                  "max_idle": args.max_idle,
+                 "output_destination": getattr(args, "output_destination", None),
                  "input_files": resolve_expression(args.files, self._ns) if args.files else None}
         options.update({k: v for k, v in flags.items() if v is not None})
         return options
@@ -202,10 +214,11 @@ class HTCMagics(Magics):
             except ValueError:
                 raise UsageError(f"--chunksize must be a number or 'auto', not "
                                  f"{chunk_text!r}") from None
+        setup = resolve_expression(args.setup, self._ns) if args.setup else None
         try:
             return htc.map(function, inputs, kwargs=kwargs, name=args.name,
                            chunksize=chunksize, pool=args.pool or self.pool or None,
-                           **self._options(args))
+                           setup=setup, batch_size=args.batch_size, **self._options(args))
         except (OptionError, PickleError, HTCMLError, ValueError, TypeError) as exc:
             raise UsageError(f"nothing was submitted: {exc}") from None
 
