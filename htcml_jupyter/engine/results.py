@@ -149,11 +149,20 @@ class MapResults:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: set[int] = set()
+        finished_jobs: set[int] = set()  # every item of these was yielded: not looked at
         while len(seen) < self.n_items:
-            states = self.item_states()
-            for i, s in enumerate(states):
-                if i in seen or not s.settled:
-                    continue
+            self.refresh()
+            with self._lock:
+                ready = []
+                for status in list(self._table.tasks.values()):
+                    if status.task in finished_jobs or status.phase.value in ("idle",
+                                                                              "running"):
+                        continue
+                    finished_jobs.add(status.task)
+                    for i in self._table.item_task.current(status.task, status.items):
+                        if i not in seen:
+                            ready.append((i, self._item_state(i, status)))
+            for i, s in ready:
                 seen.add(i)
                 try:
                     with self._lock:
