@@ -1,8 +1,9 @@
 """The live map panel in a real JupyterLab page, driven in headless Chromium.
 
-A notebook runs ``%%htc_map`` twice on the project's pool: a map whose items all
-succeed (the bar fills and turns green, the label reads ``12 / 12 done``) and one
-where an item raises (``3 / 4 done``, red).  Needs Debian's Chromium and, in the
+A notebook runs ``%%htc_map`` on the project's pool: a map whose items all succeed
+(its one bar fills green and reads ``12 / 12 done``), one where an item raises
+(``3 / 4 done``, a red segment) and a sweep (its chart's legend, a tooltip over a
+line, the log y axis, the trials table's colour keys).  Needs Debian's Chromium and, in the
 virtualenv, JupyterLab and Playwright: ``scripts/install-browser`` installs them.
 """
 
@@ -98,24 +99,71 @@ def _page_state(page: Any) -> str:
         return f"(could not read the page: {exc})"
 
 
-def _check_panel(out: Any, headline: str, percent: int, style: str) -> None:
-    """One finished panel: label, progress bar (width and colour), header, stacked bar."""
+def _check_panel(out: Any, headline: str, percent: int, outcome: str) -> None:
+    """One finished panel: exactly one bar, with the done count written on it once, its
+    done segment's width and the outcome's class; the header."""
     from playwright.sync_api import expect
 
     width = re.compile(rf"(^|;)\s*width:\s*{percent}(\.0*)?%")
     panel = out.locator(".htcml-panel")
-    label = panel.locator(".widget-hbox:has(> .widget-hprogress) > .widget-label")
-    expect(label).to_have_text(headline, timeout=MAP_TIMEOUT * 1000)
-    assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), "the label is cut off"
-    bar = panel.locator(".widget-hprogress .progress-bar")
-    expect(bar).to_have_attribute("style", width, timeout=5000)
-    expect(bar).to_have_class(re.compile(rf"\bprogress-bar-{style}\b"), timeout=5000)
+    bar = panel.locator(".htcml-state-bar")
+    text = bar.locator(".htcml-headline")
+    expect(text).to_have_text(headline, timeout=MAP_TIMEOUT * 1000)
+    expect(bar).to_have_count(1)
+    expect(panel.locator(".widget-hprogress, .progress-bar, .htcml-stacked-bar")
+           ).to_have_count(0)
+    assert text.evaluate("e => e.getBoundingClientRect().right"
+                         " <= e.parentElement.getBoundingClientRect().right"), \
+        "the bar's text is cut off"
+    expect(panel.get_by_text(headline, exact=True)).to_have_count(1)  # said once
+    expect(bar).to_have_class(re.compile(rf"\bhtcml-outcome-{outcome}\b"), timeout=5000)
+    expect(bar.locator(".htcml-bar-done")).to_have_attribute("style", width)
     header = panel.locator(".htcml-header")
     expect(header).to_contain_text("the project's pool")
     expect(header).to_contain_text("finished in")
-    expect(header.locator(".htcml-headline")).to_have_text(headline)
-    done = panel.locator(".htcml-stacked-bar .htcml-bar-done")
-    expect(done).to_have_attribute("style", width)
+
+
+#: A point on an SVG path (40 % along it), in page coordinates.
+POINT_ON_PATH_JS = """p => {
+  const q = p.getPointAtLength(p.getTotalLength() * 0.4);
+  const m = p.getScreenCTM();
+  return [q.x * m.a + q.y * m.c + m.e, q.x * m.b + q.y * m.d + m.f];
+}"""
+
+
+def _check_sweep_chart(page: Any, sweep: Any) -> None:
+    """The sweep's chart: a legend naming each trial, a tooltip with the parameters over a
+    line, colour keys in the trials table that match the lines, and the log y axis."""
+    from playwright.sync_api import expect
+
+    chart = sweep.locator(".htcml-panel .htcml-sweep-chart")
+    expect(chart.locator("text.legendtext")).to_have_text(
+        ["trial 0: lr=0.1", "trial 1: lr=0.3", "trial 2: lr=0.5"], timeout=10_000)
+    lines = chart.locator("g.curve path.line")
+    expect(lines).to_have_count(3)
+    table_rows = sweep.locator(".htcml-panel table.htcml-trials tr.htcml-trial")
+    expect(table_rows).to_have_count(3)
+    for trial in range(3):
+        stroke = lines.nth(trial).evaluate("e => getComputedStyle(e).stroke")
+        key = sweep.locator(f".htcml-panel tr.htcml-trial[data-trial='{trial}'] .htcml-swatch")
+        assert key.evaluate("e => getComputedStyle(e).borderTopColor") == stroke, \
+            f"trial {trial}: the table's colour key differs from its line"
+    sweep.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-sweep.png"))
+
+    x, y = lines.nth(1).evaluate(POINT_ON_PATH_JS)
+    page.mouse.move(x, y)
+    tooltip = page.locator(".bqplot_mark_tooltip:visible")
+    expect(tooltip).to_contain_text("trial 1: lr=0.3", timeout=5000)
+    sweep.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-sweep-tooltip.png"))
+    page.mouse.move(5, 5)
+
+    y_axis = chart.locator("g.axis").filter(has=page.locator("text.axislabel", has_text="loss"))
+    ticks = y_axis.locator("g.tick text")
+    log_ticks = ["0.07", "0.1", "0.2", "0.3", "0.5", "0.7"]  # 0.0625 .. 0.9
+    expect(ticks).not_to_have_text(log_ticks)
+    sweep.locator(".htcml-panel .widget-toggle-button", has_text="log").click()
+    expect(ticks).to_have_text(log_ticks, timeout=5000)
+    sweep.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-sweep-log.png"))
 
 
 def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
@@ -163,11 +211,8 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
             sweep = cells.nth(3).locator(".jp-OutputArea-output")
             _check_panel(sweep, "3 / 3 done", 100, "success")
             step("sweep finished in the page")
-            curves = sweep.locator(".htcml-panel svg.htcml-curves polyline.htcml-curve")
-            expect(curves).to_have_count(3, timeout=10_000)
-            expect(sweep.locator(".htcml-panel table.htcml-trials tr.htcml-trial")
-                   ).to_have_count(3)
-            sweep.locator(".htcml-panel").screenshot(path=str(SHOTS / "panel-sweep.png"))
+            _check_sweep_chart(page, sweep)
+            step("sweep chart checked")
             page.screenshot(path=str(SHOTS / "page.png"))
         except Exception as exc:
             try:

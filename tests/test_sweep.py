@@ -182,16 +182,17 @@ def test_sweep_panel_shows_curves_and_trials(pool_env: str, map_root: Path) -> N
         wait_until(lambda: panel.last is not None and panel.last.finished, timeout=120,
                    interval=0.2, message="the sweep panel should show the sweep finished")
         panel.update()
-        assert panel.label.value == "2 / 2 done"
+        assert panel.headline == "2 / 2 done"
         assert list(panel.metric_choice.options) == ["loss", "lr_seen"]
         assert panel.metric_choice.value == "loss"
-        assert panel.plot.value.count('class="htcml-curve"') == 2
-        assert 'data-trial="1"' in panel.plot.value and 'stroke-width="3"' in panel.plot.value
+        assert sorted(panel.chart.lines) == [0, 1]
+        assert panel.chart.lines[1].stroke_width > panel.chart.lines[0].stroke_width  # best
         assert panel.trials.value.count('<tr class="htcml-trial ') == 2
         first_row = panel.trials.value.split('<tr class="htcml-trial ')[1]
         assert first_row.split("</td>")[0].endswith(">1")  # best first: lr=0.5 is trial 1
         panel.metric_choice.value = "lr_seen"
-        assert "lr_seen" in panel.plot.value
+        assert panel.chart.y_axes["linear"].label == "lr_seen"
+        assert list(panel.chart.lines[1].y) == [0.5] * 4
     finally:
         panel.close()
         s.close()

@@ -1,8 +1,9 @@
 """A live ipywidgets panel for a map.
 
-Header (name, cluster, pool, resources), a stacked bar by state with counts, a
-progress bar that turns green when every item succeeded and red otherwise, elapsed
-time and an estimate of the time left, a short list of the failed, held and removed
+Header (name, cluster, pool, resources, elapsed time and an estimate of the time
+left), one progress bar with a segment per state in its colour and the done count
+written on it (``12 / 12 done``), the colour key of the other states with their
+counts, a short list of the failed, held and removed
 items (clicking one shows its remote traceback, stderr tail or hold reason), and
 Cancel / Retry failed / Release held buttons.
 
@@ -22,10 +23,11 @@ from .progress import (
     MapProgress,
     header_html,
     legend_html,
+    outcome,
     render_html,
     render_text,
     snapshot,
-    stacked_bar_html,
+    state_bar_html,
 )
 
 if TYPE_CHECKING:
@@ -44,11 +46,12 @@ class MapPanel:
         self.map = m
         self.interval = interval
         self.header = w.HTML()
-        self.stacked = w.HTML()
-        self.progress = w.IntProgress(value=0, min=0, max=max(m.n_items, 1),
-                                      layout=w.Layout(width="100%"))
-        self.label = w.Label(layout=w.Layout(flex="0 0 auto"))
+        #: The one progress bar: state colours and the done count.
+        self.bar = w.HTML(layout=w.Layout(width="100%"))
         self.legend = w.HTML()
+        #: ``"info"`` while going, ``"warning"`` with failed or held items, and once
+        #: finished ``"success"`` (every item done) or ``"danger"``.
+        self.outcome = "info"
         self.items = w.Select(options=[], rows=5, layout=w.Layout(width="100%"),
                               description="problems")
         self.detail = w.HTML()
@@ -65,7 +68,7 @@ class MapPanel:
         self.items.observe(self._show_item, names="value")
         self.items_box = w.VBox([self.items, self.detail], layout=w.Layout(display="none"))
         self.widget = w.VBox([
-            self.header, self.stacked, w.HBox([self.progress, self.label]), self.legend,
+            self.header, self.bar, self.legend,
             self.items_box,
             w.HBox([self.cancel_button, self.retry_button, self.release_button, self.message]),
         ])
@@ -73,7 +76,7 @@ class MapPanel:
         self.last: MapProgress | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.update()
         if start:
             self.start()
@@ -87,19 +90,16 @@ class MapPanel:
             self.last = p
             return p
 
+    @property
+    def headline(self) -> str:
+        """What the bar says, e.g. ``"12 / 12 done"`` (empty before the first update)."""
+        return self.last.headline if self.last is not None else ""
+
     def _draw(self, p: MapProgress) -> None:
         self.header.value = header_html(p)
-        self.stacked.value = stacked_bar_html(p)
-        self.progress.max = max(p.total, 1)
-        self.progress.value = p.done
-        self.label.value = p.headline
+        self.bar.value = state_bar_html(p)
         self.legend.value = legend_html(p)
-        if p.finished:
-            self.progress.bar_style = "success" if p.succeeded else "danger"
-        elif p.counts[ItemState.FAILED] or p.counts[ItemState.HELD]:
-            self.progress.bar_style = "warning"
-        else:
-            self.progress.bar_style = "info"
+        self.outcome = outcome(p)
         options = [(f"item {q.item} {q.state.value}: {q.summary[:80]}", q.item)
                    for q in p.problems]
         if [o[1] for o in options] != [o[1] for o in self.items.options]:

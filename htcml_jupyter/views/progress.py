@@ -19,7 +19,7 @@ from ..engine.state import ItemState
 if TYPE_CHECKING:
     from ..engine.mapping import Map
 
-#: Colours of the stacked bar, per state.
+#: Colours of the state bar, per state.
 COLOURS = {
     ItemState.DONE: "#2e7d32",
     ItemState.RUNNING: "#1e88e5",
@@ -169,25 +169,49 @@ def render_text(p: MapProgress, width: int = 40) -> str:
     return "\n".join(lines)
 
 
-def stacked_bar_html(p: MapProgress) -> str:
-    """The stacked bar by state, as escaped HTML."""
+#: The order of the state bar's segments, left to right.
+BAR_ORDER = (ItemState.DONE, ItemState.FAILED, ItemState.HELD, ItemState.REMOVED,
+             ItemState.RUNNING, ItemState.IDLE)
+
+
+def outcome(p: MapProgress) -> str:
+    """How the map stands, in one word: ``"success"`` (finished, every item done),
+    ``"danger"`` (finished otherwise), ``"warning"`` (failed or held items, still going)
+    or ``"info"`` (going)."""
+    if p.finished:
+        return "success" if p.succeeded else "danger"
+    if p.counts[ItemState.FAILED] or p.counts[ItemState.HELD]:
+        return "warning"
+    return "info"
+
+
+def state_bar_html(p: MapProgress) -> str:
+    """The map's one progress bar, as escaped HTML: a segment per state in its colour
+    (done, failed, held, removed, running, idle), with the headline (``"12 / 12 done"``)
+    written on it."""
     cells = []
-    for state in (ItemState.DONE, ItemState.FAILED, ItemState.HELD, ItemState.REMOVED,
-                  ItemState.RUNNING, ItemState.IDLE):
+    for state in BAR_ORDER:
         n = p.counts[state]
         if not n:
             continue
         pct = 100.0 * n / p.total
         cells.append(f'<div title="{html.escape(state.value)}: {n}" class="htcml-bar-{state.value}"'
                      f' style="width:{pct:.3f}%;background:{COLOURS[state]};height:100%"></div>')
-    return ('<div class="htcml-stacked-bar" style="display:flex;width:100%;height:14px;'
-            'border-radius:3px;overflow:hidden;background:#eceff1">' + "".join(cells) + "</div>")
+    text = (f'<span class="htcml-headline" style="position:absolute;left:4px;top:2px;'
+            f"line-height:16px;padding:0 6px;border-radius:3px;font-size:12px;font-weight:600;"
+            f'color:#263238;background:rgba(255,255,255,0.85);white-space:nowrap">'
+            f"{html.escape(p.headline)}</span>")
+    return (f'<div class="htcml-state-bar htcml-outcome-{outcome(p)}" '
+            'style="position:relative;display:flex;width:100%;height:20px;border-radius:4px;'
+            'overflow:hidden;background:#eceff1">' + "".join(cells) + text + "</div>")
 
 
 def legend_html(p: MapProgress) -> str:
+    """The colour key of the bar's states other than done (whose count the bar shows)."""
     parts = []
-    for state, n in p.counts.items():
-        if n:
+    for state in BAR_ORDER:
+        n = p.counts[state]
+        if n and state is not ItemState.DONE:
             parts.append(f'<span style="color:{COLOURS[state]};font-weight:600">&#9632;</span>'
                          f" {html.escape(state.value)} {n}")
     return " &nbsp; ".join(parts)
@@ -203,9 +227,7 @@ def header_html(p: MapProgress) -> str:
             f"{html.escape(clusters)} &middot; {html.escape(p.pool)} &middot; "
             f"{html.escape(p.resources)}"
             + (f" &middot; {html.escape(p.environment)}" if p.environment else "")
-            + "<br>"
-            f'<span class="htcml-headline" style="font-weight:600">{html.escape(p.headline)}'
-            f"</span> &middot; {html.escape(status)}</div>")
+            + f" &middot; {html.escape(status)}</div>")
 
 
 def problems_html(p: MapProgress) -> str:
@@ -220,5 +242,5 @@ def problems_html(p: MapProgress) -> str:
 
 def render_html(p: MapProgress) -> str:
     """A self-contained HTML summary (no widgets needed)."""
-    return (f'<div class="htcml-map">{header_html(p)}{stacked_bar_html(p)}'
+    return (f'<div class="htcml-map">{header_html(p)}{state_bar_html(p)}'
             f"<div>{legend_html(p)}</div>{problems_html(p)}</div>")
