@@ -171,8 +171,8 @@ def test_panel_updates_in_jupyterlab(lab: JupyterLab) -> None:
 
     _write_notebook(lab.root_dir / "panel.ipynb")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
-        old.unlink()
+    for old in [*SHOTS.glob("panel*.png"), SHOTS / "page.png", SHOTS / "failure.png"]:
+        old.unlink(missing_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=CHROMIUM_FLAGS)

@@ -54,3 +54,17 @@ def test_item_index_is_per_job_and_follows_retries() -> None:
     assert list(index.current(1, range(250_000, 250_003))) == [250_000, 250_002]
     assert len(index) == 1_000_000
     assert len(index._runs) == 4 and len(index._moved) == 2  # per job, plus moved items
+
+
+def test_a_submission_note_is_abandoned_only_when_its_process_is_gone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = MapStore.create(tmp_path, "notes", {"name": "notes"})
+    store.add_pending_submission("mine", [0])         # this process: still running
+    subprocess.run([sys.executable, "-c",
+                    "import sys, pathlib; from htcml_jupyter.engine.store import MapStore; "
+                    "MapStore(pathlib.Path(sys.argv[1])).add_pending_submission('gone', [1])",
+                    str(store.path)], check=True)
+    assert store.pending_submissions() == {"mine": [0], "gone": [1]}
+    assert store.pending_submissions(abandoned_only=True) == {"gone": [1]}

@@ -180,7 +180,7 @@ class CondorBackend:
         """Settle submissions a dead process noted but never confirmed: find their jobs
         (in the queue, or in the schedd's history when they already left it) by the
         token they carry, or record that they were never queued."""
-        for token, tasks in store.pending_submissions().items():
+        for token, tasks in store.pending_submissions(abandoned_only=True).items():
             constraint = f'HtcmlMap == "{store.name}" && HtcmlSubmission == "{token}"'
 
             def find(_h: Any, schedd: Any, constraint: str = constraint) -> int | None:

@@ -50,7 +50,7 @@ class Map(MapActions, MapResults):
         self._reader = backend.event_reader(store)
         # With no event log to read (deleted), ask the queue at the first wait.
         self._last_change = time.time() if store.event_log.exists() else 0.0
-        if store.pending_submissions():
+        if store.pending_submissions(abandoned_only=True):
             try:
                 backend.recover_submissions(store)
             except HTCMLError:

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -180,14 +181,18 @@ class MapStore:
         """Note a submission about to be sent (its jobs carry ``token``), so that a process
         that dies before confirming it leaves enough behind to find its jobs."""
         _append_lines(self.path / "submissions.jsonl",
-                      [{"pending": token, "tasks": tasks, "time": time.time()}])
+                      [{"pending": token, "tasks": tasks, "time": time.time(),
+                        "pid": os.getpid(), "host": socket.gethostname()}])
 
-    def pending_submissions(self) -> dict[str, list[int]]:
-        """``{token: tasks}`` of submissions noted but never confirmed or resolved."""
+    def pending_submissions(self, abandoned_only: bool = False) -> dict[str, list[int]]:
+        """``{token: tasks}`` of submissions noted but never confirmed or resolved; with
+        ``abandoned_only``, only those whose submitting process is gone (one still
+        running on this machine may confirm its note any moment)."""
         pending: dict[str, list[int]] = {}
         for row in _read_lines(self.path / "submissions.jsonl"):
             if "pending" in row:
-                pending[str(row["pending"])] = [int(t) for t in row["tasks"]]
+                if not (abandoned_only and _alive_here(row.get("pid"), row.get("host"))):
+                    pending[str(row["pending"])] = [int(t) for t in row["tasks"]]
             elif row.get("token") in pending:
                 pending.pop(str(row["token"]))
         return pending
@@ -254,9 +259,23 @@ class MapStore:
         return self.path / "logs" / f"task-{task}.err"
 
 
+def _alive_here(pid: Any, host: Any) -> bool:
+    """Whether process ``pid`` still runs on this machine (False for another machine's)."""
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def list_map_names(root: Path) -> list[str]:
-    """Names of the maps under ``root``, oldest first."""
+    """Names of the maps under ``root``, oldest first (a symbolic link is not a map of
+    this root: it may lead anywhere)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if (p / "map.json").is_file()]
+    found = [p for p in root.iterdir() if not p.is_symlink() and (p / "map.json").is_file()]
     return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime)]
