@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .jobside.job import checkpoint, device, report
+from .jobside.calls import File
+from .jobside.job import checkpoint, device, output_dir, report
 
 if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us starts fast
     from .api import MapInfo, attach, list_maps, map, pool_resources, sweep
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
     from .engine.options import OPTIONS, OptionError, SubmitOptions, describe_options
     from .engine.payload import PickleError
     from .engine.state import ItemState
+    from .multinode import torchrun
     from .training.policies import MedianStopping, SuccessiveHalving, Threshold
     from .training.sweeps import (
         Choice,
@@ -50,6 +52,8 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
         randint,
         uniform,
     )
+    from .workflows.dag import Workflow, attach_workflow, chain
+    from .workflows.stages import Stage, stage
 
 __version__ = "0.1.0"
 
@@ -73,6 +77,9 @@ _LAZY = {
     "Choice": "training.sweeps",
     "MedianStopping": "training.policies", "SuccessiveHalving": "training.policies",
     "Threshold": "training.policies",
+    "torchrun": "multinode",
+    "chain": "workflows.dag", "attach_workflow": "workflows.dag",
+    "Workflow": "workflows.dag", "stage": "workflows.stages", "Stage": "workflows.stages",
 }
 
 
@@ -90,6 +97,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "OPTIONS",
     "Choice",
+    "File",
     "HTCMLError",
     "IntUniform",
     "ItemHeld",
@@ -105,14 +113,18 @@ __all__ = [
     "PickleError",
     "PoolUnavailable",
     "RemoteError",
+    "Stage",
     "SubmitOptions",
     "SuccessiveHalving",
     "Sweep",
     "Threshold",
     "Uniform",
     "WaitTimeout",
+    "Workflow",
     "attach",
+    "attach_workflow",
     "auto_chunksize",
+    "chain",
     "checkpoint",
     "choice",
     "describe_options",
@@ -121,10 +133,13 @@ __all__ = [
     "list_maps",
     "loguniform",
     "map",
+    "output_dir",
     "pool_resources",
     "randint",
     "report",
+    "stage",
     "sweep",
+    "torchrun",
     "uniform",
     "unpack",
 ]
@@ -133,5 +148,7 @@ __all__ = [
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext htcml_jupyter``: register the magics (``%%htc_map`` and friends)."""
     from .views.magics import HTCMagics
+    from .views.torchrun_magic import TorchrunMagics
 
     ipython.register_magics(HTCMagics)
+    ipython.register_magics(TorchrunMagics)

@@ -18,10 +18,17 @@ POOL_UID = 1777
 ROOTFS_SUITE = "trixie"
 TUNING = """\
 # Written by htcml_jupyter: a fast, small single-node pool.
-NEGOTIATOR_INTERVAL = 1
-NEGOTIATOR_MIN_INTERVAL = 1
-NEGOTIATOR_CYCLE_DELAY = 1
+# A map's first job starts well within a second of its submit: new idle jobs make the
+# schedd publish its submitter ad and ask the negotiator for a cycle, at once with
+# SCHEDD_MIN_INTERVAL = 0 (instead of up to 5 s later; SCHEDD_INTERVAL_TIMESLICE, 5%
+# by default, still bounds the time the schedd spends on these queue scans), and with
+# no cycle delay the negotiator starts that cycle at once.  Unasked, it runs one
+# cycle every NEGOTIATOR_INTERVAL seconds.
 SCHEDD_INTERVAL = 2
+SCHEDD_MIN_INTERVAL = 0
+NEGOTIATOR_INTERVAL = 1
+NEGOTIATOR_MIN_INTERVAL = 0
+NEGOTIATOR_CYCLE_DELAY = 0
 UPDATE_INTERVAL = 2
 STARTER_UPDATE_INTERVAL = 2
 STARTER_INITIAL_UPDATE_INTERVAL = 1
@@ -31,6 +38,12 @@ use FEATURE : GPUs
 GPU_DISCOVERY_EXTRA = -sim:4,2
 MachineMaxVacateTime = 5
 RUNBENCHMARKS = 0
+# DAGs and local-universe jobs run here too: DAGMan reads its nodes' logs every
+# second, and a DAG kept under /tmp is fine on this pool.
+START_LOCAL_UNIVERSE = True
+START_SCHEDULER_UNIVERSE = True
+DAGMAN_USER_LOG_SCAN_INTERVAL = 1
+DAGMAN_AVOID_SLASH_TMP = False
 """
 ROOTFS_EXTRA = """\
 MOUNT_UNDER_SCRATCH =
@@ -207,3 +220,55 @@ def prepare_root(root: Path) -> None:
     if hostname not in hosts.read_text():
         with hosts.open("a") as f:
             f.write(f"127.0.1.1 {hostname}\n")
+
+
+def write_settings(root: Path, text: str) -> bool:
+    """Write the project's settings for the daemons in ``root`` (its
+    ``/etc/condor/config.d/90-htcml``).
+
+    Parameters
+    ----------
+    root
+        A Debian root holding HTCondor.
+    text
+        The whole configuration text.
+
+    Returns
+    -------
+    bool
+        True when the file changed (a running pool then needs :func:`reconfig_root`).
+    """
+    path = root / "etc/condor/config.d/90-htcml"
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    tmp = path.with_name(f".90-htcml.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a daemon rereading its configuration never sees half a file
+    return True
+
+
+def reconfig_root(root: Path) -> None:
+    """Make the master running in ``root`` and its daemons reread their configuration.
+
+    Nothing restarts and running jobs go on.  The master is addressed through its own
+    address file, never looked up by host name (every root on this machine has the
+    same one).  Settings read only at start-up (``NUM_CPUS``, the simulated GPUs) wait
+    for the pool's next start.
+
+    Parameters
+    ----------
+    root
+        A Debian root whose ``condor_master`` is running.
+    """
+    chroot = ["chroot", str(root)]
+    address_file = run([*chroot, "condor_config_val", "MASTER_ADDRESS_FILE"]).strip()
+    try:
+        address = (root / address_file.lstrip("/")).read_text().splitlines()[0]
+    except (OSError, IndexError) as exc:
+        raise PoolError(f"no master address in {root}{address_file}: is its pool "
+                        "running? (`htcml pool up` starts it)") from exc
+    say(f"applying the new settings in {root} (condor_reconfig)")
+    run([*chroot, "condor_reconfig", "-addr", address])

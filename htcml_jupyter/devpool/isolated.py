@@ -43,9 +43,11 @@ from .common import (
     isolated_state_dir,
     package_folder,
     prepare_root,
+    reconfig_root,
     run,
     say,
     write_client_config,
+    write_settings,
 )
 from .rootfs import bind, ensure_rootfs, ensure_user, root_masters, stop_root, wait_ready
 
@@ -139,7 +141,6 @@ def _submit_config(num_cpus: int) -> str:
         f"COLLECTOR_HOST = 127.0.0.1:{SUBMIT_PORT}\n"
         f"SHARED_PORT_PORT = {SUBMIT_PORT}\n"
         f"FILESYSTEM_DOMAIN = {SUBMIT_DOMAIN}\n"
-        "SCHEDD_MIN_INTERVAL = 1\n"
         + TUNING.format(num_cpus=num_cpus)
     )
 
@@ -285,10 +286,12 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
         os.chown(home, 0, 0)
         home.chmod(0o755)
     prepare_root(submit)
-    (submit / "etc/condor/config.d/90-htcml").write_text(_submit_config(num_cpus))
+    changed = write_settings(submit, _submit_config(num_cpus))
     if not root_masters(str(submit)):
         say(f"starting the submit side (collector on 127.0.0.1:{SUBMIT_PORT})")
         run(["chroot", str(submit), "condor_master"])
+    elif changed:
+        reconfig_root(submit)
     execs = [roots[n] for n in names]
     _share_pool_key(submit, execs)
     wait_ready(["chroot", str(submit)], condition="IsReady")
@@ -296,11 +299,12 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
         root = roots[name]
         _mount_exec(root, mounts)
         prepare_root(root)
-        (root / "etc/condor/config.d/90-htcml").write_text(
-            _exec_config(name, ports[name], num_cpus))
+        changed = write_settings(root, _exec_config(name, ports[name], num_cpus))
         if not root_masters(str(root)):
             say(f"starting execute node {name} (port {ports[name]})")
             run(["chroot", str(root), "condor_master"])
+        elif changed:
+            reconfig_root(root)
     for name in names:
         wait_ready(["chroot", str(roots[name])])
     _wait_for_startds(submit, names)

@@ -28,9 +28,11 @@ from .common import (
     interpreter_paths,
     is_mounted,
     prepare_root,
+    reconfig_root,
     run,
     say,
     write_client_config,
+    write_settings,
 )
 
 
@@ -173,12 +175,13 @@ def up_rootfs(state_dir: Path, num_cpus: int) -> PoolState:
         os.chown(home, 0, 0)
         home.chmod(0o755)
     prepare_root(rootfs)
-    config_d = rootfs / "etc/condor/config.d"
-    (config_d / "90-htcml").write_text(TUNING.format(num_cpus=num_cpus) + ROOTFS_EXTRA)
+    changed = write_settings(rootfs, TUNING.format(num_cpus=num_cpus) + ROOTFS_EXTRA)
     chroot = ["chroot", str(rootfs)]
     if not master_running(chroot):
         say("starting condor_master")
         run([*chroot, "condor_master"])
+    elif changed:
+        reconfig_root(rootfs)
     wait_ready(chroot)
     identity = f"{POOL_USER}@{socket.gethostname()}"
     token = run([*chroot, "condor_token_create", "-identity", identity])

@@ -5,14 +5,19 @@ Usage (what the submit description runs)::
 
     python runner.py FUNCTION_FILE INPUT_FILE OUTCOME_FILE
 
-``FUNCTION_FILE`` holds the cloudpickled ``(function, kwargs)``; ``INPUT_FILE`` holds the
-items of this job as ``[(item_index, argument), ...]``.  The runner calls the function on
-each item and always writes ``OUTCOME_FILE`` atomically: placeholders before the first
-item (so a job killed mid-way still reports which items were lost), then again after
-each item, so every finished item is on disk at once.  A restarted job (after a
+``FUNCTION_FILE`` holds the cloudpickled function and its keyword arguments (plus the
+map's ``setup`` and ``batch_size``: :class:`calls.Payload`); ``INPUT_FILE`` holds the
+items of this job as ``[(item_index, argument), ...]``.  The runner runs the set-up
+once, calls the function on each item (or each batch) and always writes
+``OUTCOME_FILE`` atomically: placeholders before the first item (so a job killed
+mid-way still reports which items were lost), then again after each call (at most
+about once a second for jobs of more than 1,000 items), so finished items are on disk
+at once.  A restarted job (after a
 checkpoint exit, or an eviction that brought the file back) keeps the records an earlier
 run wrote and runs only the other items.  Each record is a dict:
-``{"index", "ok", "value" | "error", "started", "seconds"}``;
+``{"index", "ok", "value" | "error", "started", "seconds"}``, plus ``"call"`` and
+``"files"`` when the call wrote files under ``output_dir()``; the header lists the
+set-up's runs (``"setup_runs"``);
 a value is pickled on its own, so one result that cannot be unpickled on the submit side
 does not hide the others.  An error is plain data (type name, message, traceback text,
 host) plus the pickled exception when it pickles.

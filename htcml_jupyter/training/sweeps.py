@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cloudpickle
 
@@ -26,6 +26,7 @@ from ..engine.mapping import Map
 from ..engine.payload import PickleError
 from ..engine.state import ItemState
 from ..engine.store import MapStore
+from ..workflows.watcher_job import pool_watcher_active, submit_watcher
 from .policies import Policy
 from .trials import Mode, TrialRow, TrialStatus, rank_trials
 
@@ -162,7 +163,8 @@ class Sweep(Map):
     def _watch(self) -> None:
         while not self._watch_stop.wait(WATCH_INTERVAL):
             try:
-                self.check_policy()
+                if not pool_watcher_active(self.store):  # never both: no double abort
+                    self.check_policy()
                 if self.done:
                     return
             except Exception as exc:  # the watcher must not die on a transient error
@@ -276,8 +278,16 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
                  space: Mapping[str, Any] | None, n_trials: int | None, repeat: int,
                  seed: int, metric: str | None, mode: Mode, early_stop: Policy | None,
                  kwargs: dict[str, Any] | None, backend: Backend, root: Path,
-                 name: str | None, options: dict[str, Any]) -> Sweep:
-    """Build the trials, submit them as one map, and return the :class:`Sweep`."""
+                 name: str | None, options: dict[str, Any],
+                 watcher: Literal["pool", "kernel"] = "pool") -> Sweep:
+    """Build the trials, submit them as one map, and return the :class:`Sweep`.
+
+    With a policy on an HTCondor pool and ``watcher="pool"``, a local-universe job on
+    the submit host applies it too (:mod:`htcml_jupyter.workflows.watch`), so trials
+    are still stopped after this process ends; ``"kernel"`` keeps the watcher here only.
+    """
+    if watcher not in ("pool", "kernel"):
+        raise ValueError(f"watcher must be 'pool' or 'kernel', not {watcher!r}")
     if (grid is None) == (space is None):
         raise ValueError("give exactly one of grid= (a dict of lists) or space= (a dict of "
                          "distributions, with n_trials=)")
@@ -318,6 +328,8 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
                                          "function": fn_name}})
     if policy_bytes is not None:
         (m.store.path / "policy.pkl").write_bytes(policy_bytes)
+        if backend.kind == "condor" and watcher == "pool":
+            submit_watcher(m.store, backend)  # the policy outlives this process
     m.close()
     return Sweep(m.store, backend)
 
