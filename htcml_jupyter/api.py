@@ -99,6 +99,10 @@ def attach(name: str, root: str | Path | None = None) -> Map:
     store = MapStore.open(Path(root) if root is not None else default_map_root(), name)
     meta = store.read_meta()
     backend = backend_from_meta(meta["pool"])
+    if "workflow" in meta:
+        from .workflows.node import StageMap
+
+        return StageMap(store, backend)
     if "sweep" in meta:
         from .training.sweeps import Sweep
 
@@ -122,6 +126,7 @@ def sweep(
     pool: str | None = None,
     backend: str | None = None,
     root: str | Path | None = None,
+    watcher: str = "pool",
     **options: Any,
 ) -> Sweep:
     """Run ``function(**params)`` for every trial, each its own job; returns at once.
@@ -142,6 +147,10 @@ def sweep(
         A policy (:class:`Threshold`, :class:`MedianStopping`, :class:`SuccessiveHalving`,
         or a function ``(trial, history, histories) -> reason or None``) applied to the
         live reports; a stopped trial's job is removed and it is marked *aborted early*.
+    watcher
+        Where ``early_stop`` is applied: ``"pool"`` (default) also in a local-universe
+        job on the submit host, so trials are still stopped when this process ends;
+        ``"kernel"``, in this process only.
     **options
         Resources and policy as for :func:`map` (``request_gpus=1``...).
     """
@@ -151,11 +160,14 @@ def sweep(
     chosen = resolve_backend(pool, backend)
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+    if watcher not in ("pool", "kernel"):
+        raise ValueError(f"watcher must be 'pool' or 'kernel', not {watcher!r}")
     return create_sweep(function, grid=grid, space=space, n_trials=n_trials, repeat=repeat,
                         seed=seed, metric=metric, mode=mode,  # type: ignore[arg-type]
                         early_stop=early_stop, kwargs=kwargs, backend=chosen,
                         root=Path(root) if root is not None else default_map_root(),
-                        name=name, options=options)
+                        name=name, options=options,
+                        watcher=watcher)  # type: ignore[arg-type]
 
 
 def pool_resources(pool: str | None = None) -> PoolResources:

@@ -40,7 +40,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def new_map_name(function_name: str) -> str:
     """A readable, unique default name: the function's name plus a short random tag."""
-    stem = re.sub(r"[^A-Za-z0-9_]", "", function_name)[:40] or "map"
+    stem = re.sub(r"[^A-Za-z0-9_]", "", function_name).lstrip("_")[:40] or "map"
     return f"{stem}-{time.strftime('%m%d')}-{secrets.token_hex(3)}"
 
 

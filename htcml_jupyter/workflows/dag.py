@@ -1,0 +1,278 @@
+"""Chained stages as one DAGMan workflow: ``htc.chain(stage, stage, ...)``.
+
+Each stage is one DAG node whose job is the stage's map: the same runner jobs, submit
+description (:func:`~htcml_jupyter.backends.submit_description.submit_description`),
+event log and outcome files as :func:`htcml_jupyter.map`, one job per item.  DAGMan
+queues a stage when the one before has succeeded, runs :mod:`.node` around each stage,
+and keeps going after the notebook is gone.  The workflow's folder holds the DAG files,
+its ``dagman.config`` (per-workflow DAGMan settings) and ``workflow.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..backends.bindings import call_with_pool
+from ..engine.errors import HTCMLError, WaitTimeout
+from ..engine.mapping import Map
+from ..engine.store import MapStore, check_map_name, new_map_name
+from .node import STAGES_FILE, WORKFLOW_FILE, read_workflow, stage_map
+from .stages import Stage, stage_map_name, write_stage_folder
+
+#: DAGMan settings of every workflow, written to its own ``dagman.config``: node logs
+#: under /tmp are allowed (map folders often are there), and node job events are read
+#: every second (the default, 5 s, adds seconds to every stage).
+DAGMAN_CONFIG = {"DAGMAN_AVOID_SLASH_TMP": "False", "DAGMAN_USER_LOG_SCAN_INTERVAL": "1"}
+DAG_FILE = "workflow.dag"
+_chdir_lock = threading.Lock()
+
+
+def _node_script(when: str, folder: Path, index: int) -> Any:
+    from htcondor2 import dags
+
+    return dags.Script(executable=sys.executable,
+                       arguments=["-m", "htcml_jupyter.workflows.node", when, str(folder),
+                                  str(index)])
+
+
+def _stage_submit(store: MapStore, backend: Any, n_items: int) -> Any:
+    """The stage's node job: a map's submit description, one job per item."""
+    import htcondor2
+
+    from ..backends.submit_description import submit_description
+    from ..engine.options import SubmitOptions
+    from ..environment import job_launch
+
+    options = SubmitOptions.from_record(store.read_meta()["options"])
+    commands = submit_description(store, options, batch_name=store.name,
+                                  launch=job_launch(store, options, backend))
+    submit = htcondor2.Submit(commands)
+    submit.setQArgs("task in (" + " ".join(str(t) for t in range(n_items)) + ")")
+    return submit
+
+
+def dagman_executable(config: str | None) -> str:
+    """Where the schedd finds ``condor_dagman``: on this PATH, or in the pool's BIN."""
+    found = shutil.which("condor_dagman")
+    if found:
+        return found
+    binary = call_with_pool(config, lambda htcondor2: htcondor2.param.get("BIN", "/usr/bin"))
+    return f"{binary}/condor_dagman"
+
+
+def write_dag(folder: Path, stores: list[MapStore], backend: Any) -> Path:
+    """Write the DAG of the workflow in ``folder``: one node per stage, in a chain, with
+    :mod:`.node` before (later stages) and after each; returns the DAG file."""
+    from htcondor2 import dags
+
+    dag = dags.DAG(dagman_config=DAGMAN_CONFIG)
+    layer = None
+    for index, store in enumerate(stores):
+        n_items = int(store.read_meta()["n_items"])
+        spec: dict[str, Any] = {
+            "name": f"stage{index}", "submit_description": _stage_submit(store, backend, n_items),
+            "post": _node_script("post", folder, index)}
+        if index:
+            spec["pre"] = _node_script("pre", folder, index)
+        layer = dag.layer(**spec) if layer is None else layer.child_layer(**spec)
+    return Path(dags.write_dag(dag, folder, dag_file_name=DAG_FILE))
+
+
+def submit_dag(dag_file: Path, backend: Any) -> int:
+    """Queue DAGMan for ``dag_file``; returns its cluster id."""
+    folder = dag_file.parent
+    dagman = dagman_executable(backend.config)
+
+    def send(h: Any) -> int:
+        with _chdir_lock:  # condor_submit_dag's rules: relative to the DAG's folder
+            here = os.getcwd()
+            os.chdir(folder)
+            try:
+                sub = h.Submit.from_dag(str(dag_file), {"force": True, "dagman": dagman})
+            finally:
+                os.chdir(here)
+        # CONDOR_CONFIG names a file of this process's machine, not the schedd's
+        names = [n for n in str(sub.get("getenv", "")).split(",") if n.strip() != "CONDOR_CONFIG"]
+        sub["getenv"] = ",".join(names)
+        sub["initialdir"] = str(folder)
+        return int(h.Schedd().submit(sub).cluster())
+
+    return call_with_pool(backend.config, send)
+
+
+class Workflow:
+    """A chain of stages run by DAGMan; rebuild it anywhere with
+    :func:`attach_workflow`.  Each stage is a map (:meth:`stage`, ``htc.attach``)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.record = read_workflow(folder)
+
+    @property
+    def name(self) -> str:
+        """The workflow's name (its folder's name)."""
+        return self.folder.name
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self)} stages; {self.state}>"
+
+    def __len__(self) -> int:
+        return len(self.record["stages"])
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The map name of each stage, first to last (``htc.attach(name)`` opens one)."""
+        return [s["map"] for s in self.record["stages"]]
+
+    def stage(self, index: int) -> Map:
+        """The map of stage ``index`` (negative counts from the end)."""
+        return stage_map(self.folder, range(len(self))[index])
+
+    def finished_stages(self) -> list[dict[str, Any]]:
+        """How each finished stage ended: ``stage``, ``map``, ``ok``, ``failed`` items."""
+        path = self.folder / STAGES_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _dagman_end(self) -> tuple[str, int | None] | None:
+        import htcondor2
+
+        log_file = self.folder / f"{DAG_FILE}.dagman.log"
+        if not log_file.exists():
+            return None
+        log = htcondor2.JobEventLog(str(log_file))
+        try:
+            for event in log.events(stop_after=0):
+                if event.type.name == "JOB_TERMINATED":
+                    return "done", int(event.get("ReturnValue", -1))
+                if event.type.name == "JOB_ABORTED":
+                    return "removed", None
+        finally:
+            log.close()
+        return None
+
+    @property
+    def state(self) -> str:
+        """``running``, ``succeeded``, ``failed`` (a stage had items without a result, or
+        DAGMan failed) or ``removed``."""
+        end = self._dagman_end()
+        if end is None:
+            return "running"
+        kind, code = end
+        return "removed" if kind == "removed" else ("succeeded" if code == 0 else "failed")
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> str:
+        """Block until DAGMan has finished; returns :attr:`state`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state == "running":
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"workflow {self.name!r} is still running after "
+                                  f"{timeout} s: {self.finished_stages()}")
+            time.sleep(poll)
+        return self.state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The last stage's result (its list of results when it has several items)."""
+        state = self.wait(timeout)
+        if state != "succeeded":
+            raise HTCMLError(f"workflow {self.name!r} {state}: {self.finished_stages()} "
+                             f"(DAGMan's account: {self.folder / (DAG_FILE + '.dagman.out')})")
+        values = self.stage(-1).results()
+        return values[0] if len(values) == 1 else values
+
+    def cancel(self) -> None:
+        """Remove DAGMan and with it every queued job of the workflow."""
+        from ..backends.pools import backend_from_meta
+
+        backend = backend_from_meta(self.record["pool"])
+        cluster = self.record["dagman"]
+        call_with_pool(backend.config, lambda h: h.Schedd().act(  # type: ignore[attr-defined]
+            h.JobAction.Remove, f"ClusterId == {cluster}", reason="cancelled by htcml_jupyter"))
+
+
+def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
+                 name: str | None) -> Workflow:
+    """Write every stage's map folder and the DAG, queue DAGMan; returns the handle."""
+    if not stages or not all(isinstance(s, Stage) for s in stages):
+        raise TypeError("chain takes stages: htc.chain(htc.stage(train, grid={...}), "
+                        "htc.stage(evaluate), htc.stage(keep_best, over='all'))")
+    counts: list[int] = []
+    for step in stages:
+        counts.append(step.count(counts[-1] if counts else None))
+    if backend.kind != "condor":
+        raise HTCMLError("a workflow runs on an HTCondor pool (DAGMan); pass pool=... or "
+                         "start the project's pool with `htcml pool up`")
+    name = check_map_name(name or new_map_name(stages[-1].name.lstrip("_") or "chain"))
+    folder = root / name
+    if folder.exists():
+        raise ValueError(f"{folder} already exists; choose another name for the workflow")
+    names = [stage_map_name(name, i, s) for i, s in enumerate(stages)]
+    for map_name in names:
+        backend.check_visible(root / map_name)
+        if (root / map_name).exists():
+            raise ValueError(f"a map named {map_name!r} already exists in {root}")
+    folder.mkdir(parents=True, mode=0o755)
+    made: list[MapStore] = []
+    try:
+        record = {"name": name, "created": time.time(), "pool": backend.describe(),
+                  "stages": [{"map": n, "function": s.name, "over": s.over, "n_items": c}
+                             for n, s, c in zip(names, stages, counts, strict=True)]}
+        for map_name, step, count in zip(names, stages, counts, strict=True):
+            made.append(write_stage_folder(step, root=root, name=map_name, n_items=count,
+                                           backend=backend,
+                                           workflow={"name": name, "folder": str(folder)}))
+        dag_file = write_dag(folder, made, backend)
+        (folder / WORKFLOW_FILE).write_text(json.dumps(record, indent=1))
+        uid = backend.job_uid
+        if uid is not None and os.geteuid() == 0 and uid != 0:  # DAGMan runs as the job user
+            for store in [*made, MapStore(folder)]:
+                store.chown(uid)
+        record["dagman"] = submit_dag(dag_file, backend)
+        (folder / WORKFLOW_FILE).write_text(json.dumps(record, indent=1))
+    except BaseException:  # nothing was queued: leave nothing behind
+        for store in made:
+            shutil.rmtree(store.path, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Workflow(folder)
+
+
+def chain(*stages: Stage, name: str | None = None, pool: str | None = None,
+          root: str | Path | None = None) -> Workflow:
+    """Run ``stages`` one after the other as an HTCondor DAG; returns at once.
+
+    >>> wf = htc.chain(htc.stage(train, grid={"lr": [0.1, 0.01]}),
+    ...                htc.stage(evaluate),                 # once per trained model
+    ...                htc.stage(keep_best, over="all"))    # once, on every score
+    >>> wf.result()                                         # keep_best's return value
+
+    DAGMan runs the workflow: it goes on when this process ends, and
+    :func:`attach_workflow` finds it again.  A stage starts when every item of the one
+    before has a result; one that failed stops the workflow there.  ``pool`` and
+    ``root`` are as for :func:`htcml_jupyter.map`; ``name`` names the workflow, and its
+    stages' maps are ``<name>.<index>-<function>``.
+    """
+    from ..backends.pools import resolve_backend
+    from ..paths import default_map_root
+
+    backend = resolve_backend(pool, "condor")
+    return create_chain(stages, backend=backend, name=name,
+                        root=Path(root) if root is not None else default_map_root())
+
+
+def attach_workflow(name: str, root: str | Path | None = None) -> Workflow:
+    """The workflow called ``name``, rebuilt from its folder (in any process)."""
+    from ..paths import default_map_root
+
+    folder = (Path(root) if root is not None else default_map_root()) / check_map_name(name)
+    if not (folder / WORKFLOW_FILE).exists():
+        raise HTCMLError(f"no workflow named {name!r} in {folder.parent}")
+    return Workflow(folder)

@@ -1,0 +1,146 @@
+"""The stages of a chained workflow: what each runs, over what, and its map folder.
+
+A stage is a function mapped over items, like :func:`htcml_jupyter.map`: the first
+stage over given ``items`` (or every point of a ``grid``, as keyword arguments), each
+later stage over what the stage before it returned: one item per result
+(``over="each"``) or a single item, the list of all results (``over="all"``).  Each
+stage's folder is an ordinary map folder, so ``htc.attach(name)`` reads its results.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..engine.grid import grid_points, unpack
+from ..engine.options import OptionError, SubmitOptions
+from ..engine.payload import code_locations, dump_function, dump_items
+from ..engine.store import MapStore, check_map_name
+
+Over = Literal["items", "each", "all"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a workflow (build it with :func:`stage`)."""
+
+    function: Callable[..., Any]
+    over: Over
+    items: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: bool = False
+
+    @property
+    def name(self) -> str:
+        """The function's name."""
+        return str(getattr(self.function, "__name__", "stage"))
+
+    def count(self, before: int | None) -> int:
+        """How many items this stage has, after a stage of ``before`` items."""
+        if self.over == "items":
+            return len(self.items)
+        if before is None:
+            raise ValueError(f"the first stage ({self.name}) needs items= or grid=; "
+                             f"over='{self.over}' reads the results of a stage before it")
+        return before if self.over == "each" else 1
+
+
+def stage(function: Callable[..., Any], items: Sequence[Any] | None = None, *,
+          grid: Mapping[str, Sequence[Any]] | None = None, over: str | None = None,
+          kwargs: dict[str, Any] | None = None, **options: Any) -> Stage:
+    """One stage of :func:`htcml_jupyter.chain`.
+
+    Parameters
+    ----------
+    function
+        Called once per item, as a job on the pool (``function(item, **kwargs)``; with
+        ``grid=``, ``function(**point, **kwargs)``).
+    items, grid
+        The first stage's inputs: a list, or a dict of lists whose every combination
+        is one item.  Later stages take neither.
+    over
+        For a later stage: ``"each"`` (default) calls ``function`` on each result of
+        the stage before, in item order; ``"all"`` calls it once on the list of them.
+    kwargs
+        Constant keyword arguments for every call.
+    **options
+        Resources and policy as for :func:`htcml_jupyter.map` (``request_memory=``...).
+    """
+    if not callable(function):
+        raise TypeError(f"a stage runs a function, not {type(function).__name__}")
+    if items is not None and grid is not None:
+        raise ValueError("give a stage items= or grid=, not both")
+    SubmitOptions.from_kwargs(options)  # a bad option stops here, before anything runs
+    if items is not None or grid is not None:
+        if over is not None:
+            raise ValueError("over= is for stages that read the stage before; a stage "
+                             "with items= or grid= is the first")
+        if isinstance(items, (str, bytes)):
+            raise TypeError("items must be a list of inputs, not one string; wrap it: [text]")
+        values = tuple(grid_points(grid)) if grid is not None else tuple(items or ())
+        if not values:
+            raise ValueError(f"the stage {function.__name__!r} has no items")
+        return Stage(unpack(function) if grid is not None else function, "items", values,
+                     dict(kwargs or {}), dict(options), grid=grid is not None)
+    chosen = over or "each"
+    if chosen not in ("each", "all"):
+        raise ValueError(f"over must be 'each' (one call per result of the stage before) "
+                         f"or 'all' (one call on the list of them), not {over!r}")
+    return Stage(function, chosen, (), dict(kwargs or {}), dict(options))  # type: ignore[arg-type]
+
+
+def stage_map_name(workflow: str, index: int, step: Stage) -> str:
+    """The map name of stage ``index`` of ``workflow``: ``<workflow>.<index>-<function>``."""
+    stem = "".join(c for c in step.name if c.isalnum() or c == "_")[:40] or "stage"
+    return check_map_name(f"{workflow}.{index}-{stem}"[:100])
+
+
+def write_stage_folder(step: Stage, *, root: Path, name: str, n_items: int,
+                       backend: Any, workflow: dict[str, Any]) -> MapStore:
+    """Write the map folder of one stage: the function, one job per item, and (for the
+    first stage) the input files; later stages get theirs from :mod:`.node` when the
+    stage before has finished.  Nothing is queued here."""
+    options = SubmitOptions.from_kwargs(step.options)
+    meta = {
+        "name": name, "function": step.name, "created": time.time(), "n_items": n_items,
+        "chunksize": 1, "chunk_items": 1, "options": options.asdict(),
+        "pool": backend.describe(), "batch_name": name,
+        "code_locations": code_locations(step.function),
+        "workflow": workflow,
+    }
+    with tempfile.TemporaryDirectory() as tmp:  # a bad function leaves nothing behind
+        probe = Path(tmp) / "function.pkl"
+        dump_function(step.function, step.kwargs, probe)
+        store = MapStore.create(root, name, meta)
+        try:
+            shutil.move(str(probe), store.function_file)
+        except OSError:
+            dump_function(step.function, step.kwargs, store.function_file)
+    try:
+        store.make_seed_files()
+        if step.over == "items":
+            for i, item in enumerate(step.items):
+                dump_items([(i, item)], store.input_file(i))
+        store.add_tasks([(i, [i]) for i in range(n_items)])
+    except BaseException:
+        shutil.rmtree(store.path, ignore_errors=True)
+        raise
+    return store
+
+
+def stage_inputs(over: str, results: list[Any], store: MapStore) -> None:
+    """Write a later stage's input files from the results of the stage before:
+    one item per result (``"each"``), or one item holding them all (``"all"``)."""
+    if over == "each":
+        for i, value in enumerate(results):
+            dump_items([(i, value)], store.input_file(i))
+    elif over == "all":
+        dump_items([(0, list(results))], store.input_file(0))
+    else:
+        raise OptionError(f"a stage over {over!r} takes no results of the stage before")

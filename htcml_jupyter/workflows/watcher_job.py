@@ -1,0 +1,144 @@
+"""The local-universe job that watches a sweep on the submit host.
+
+A sweep with an early-abort policy on an HTCondor pool gets one such job next to its
+trials.  It runs ``python -m htcml_jupyter.workflows.watch <map folder>`` with this
+process's interpreter (on a real pool the notebook runs on the access point, which is
+the submit host), as the same user, in the schedd's own configuration.  Its record
+(:data:`WATCHER_FILE`) in the map folder tells the
+kernel's watcher to stand aside while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..backends.bindings import call_with_pool
+from ..engine.store import MapStore
+
+#: The job attribute that names the map a watcher job watches.
+WATCHER_ATTRIBUTE = "HtcmlWatcherOf"
+#: The watcher's record in the map folder: ``state`` (submitted, watching, finished,
+#: failed), ``job``, ``submitted``, ``heartbeat``, ``aborted``, ``errors``, ``error``.
+WATCHER_FILE = "watcher.json"
+#: Seconds a watcher may stay silent (or take to start) before the kernel's watcher
+#: applies the policy again in its place.
+WATCHER_SILENT_AFTER = 20.0
+
+
+def watcher_record(store: MapStore) -> dict[str, Any]:
+    """The watcher's record of the sweep in ``store`` (empty when it has none)."""
+    try:
+        record = json.loads((store.path / WATCHER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def pool_watcher_active(store: MapStore, now: float | None = None) -> bool:
+    """Whether the watcher job applies the sweep's policy now, so the kernel must not:
+    it is starting, or watching and heard from within :data:`WATCHER_SILENT_AFTER`."""
+    record = watcher_record(store)
+    since = record.get("heartbeat" if record.get("state") == "watching" else "submitted")
+    if record.get("state") not in ("submitted", "watching") or since is None:
+        return False
+    return (time.time() if now is None else now) - float(since) < WATCHER_SILENT_AFTER
+
+
+def write_record(store: MapStore, record: dict[str, Any]) -> None:
+    """Replace the watcher's record in the map folder atomically."""
+    tmp = store.path / f".{WATCHER_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, store.path / WATCHER_FILE)
+
+
+def package_parent() -> str:
+    """The folder that holds this package, so the watcher imports this very code."""
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+def watcher_description(store: MapStore, *, python: str | None = None,
+                        token_directory: str | None = None) -> dict[str, str]:
+    """The submit commands of the watcher of ``store``'s sweep (a pure function).
+
+    The job gets none of this process's environment: not ``CONDOR_CONFIG``, which names
+    a file of this process's machine; the watcher uses the configuration of the host
+    that runs it, and ``token_directory`` (when given) for its IDTOKENS.
+    """
+    environment = {"PYTHONPATH": package_parent(), "PYTHONUNBUFFERED": "1",
+                   "PYTHONDONTWRITEBYTECODE": "1"}
+    if token_directory is not None:
+        environment["_CONDOR_SEC_TOKEN_DIRECTORY"] = token_directory
+    return {
+        "universe": "local",
+        "executable": python or sys.executable,
+        "arguments": "-m htcml_jupyter.workflows.watch .",  # it runs in the map folder
+        "initialdir": str(store.path),
+        "output": "logs/watcher.out",
+        "error": "logs/watcher.err",
+        "log": "logs/watcher.log",
+        "environment": '"' + " ".join(f"{k}={v}" for k, v in environment.items()) + '"',
+        # one that cannot start (no such interpreter on that host) leaves the queue; the
+        # kernel's watcher takes over once the record is WATCHER_SILENT_AFTER old
+        "periodic_remove": "JobStatus == 5",
+        "batch_name": f"{store.name}-watcher",
+        f"My.{WATCHER_ATTRIBUTE}": f'"{store.name}"',
+    }
+
+
+def hand_over_tokens(store: MapStore, config: str | None) -> str | None:
+    """When root submits as the pool's job user (with that user's IDTOKENS, as on the
+    project's own pool), the watcher runs as that user and needs the same tokens: copy
+    them into ``<map folder>/tokens.d`` (mode 0700, given to the job user with the
+    folder), where only that user and root can read them.  Returns the folder, or None
+    when this process's configuration names no token directory."""
+    def token_directory(htcondor2: Any) -> str | None:
+        value = htcondor2.param.get("SEC_TOKEN_DIRECTORY")
+        return str(value) if value else None
+
+    found = call_with_pool(config, token_directory)
+    if found is None or not Path(found).is_dir():
+        return None
+    target = store.path / "tokens.d"
+    target.mkdir(mode=0o700, exist_ok=True)
+    for token in Path(found).iterdir():
+        if token.is_file() and not token.name.startswith("."):
+            copy = target / token.name
+            copy.touch(mode=0o600)
+            copy.write_bytes(token.read_bytes())
+    return str(target)
+
+
+def submit_watcher(store: MapStore, backend: Any) -> str | None:
+    """Queue the watcher of ``store``'s sweep on ``backend`` (a ``CondorBackend``) and
+    record its job id; returns it, or None (with a warning) when the pool refused it,
+    in which case the kernel's watcher alone applies the policy."""
+    uid = backend.job_uid
+    on_behalf = uid is not None and os.geteuid() == 0 and uid != 0
+    write_record(store, {"state": "submitted", "submitted": time.time(), "job": None})
+    tokens = hand_over_tokens(store, backend.config) if on_behalf else None
+    commands = watcher_description(store, token_directory=tokens)
+    if on_behalf:
+        store.chown(uid)  # the watcher runs as the pool's job user and writes here
+
+    def send(htcondor2: Any) -> int:
+        return int(htcondor2.Schedd().submit(htcondor2.Submit(commands)).cluster())
+
+    try:
+        cluster = call_with_pool(backend.config, send)
+    except Exception as exc:
+        write_record(store, {"state": "failed", "submitted": time.time(), "job": None,
+                             "error": f"submitting the watcher failed: {exc}"})
+        warnings.warn(f"the sweep's pool-side watcher could not be submitted ({exc}); "
+                      f"its policy is applied from this process only", stacklevel=4)
+        return None
+    job = f"{cluster}.0"
+    if watcher_record(store).get("state") == "submitted":  # unless it already reported
+        write_record(store, {"state": "submitted", "submitted": time.time(), "job": job})
+    return job
+
