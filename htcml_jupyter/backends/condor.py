@@ -22,7 +22,7 @@ from ..engine.store import MapStore
 from .bindings import call_with_pool, daemon_restarted, pool_config
 from .condor_events import CondorEventReader, explain_hold
 from .resources import PoolResources, collector_resources
-from .submit_description import submit_description
+from .submit_description import JobLaunch, submit_description
 
 T = TypeVar("T")
 
@@ -137,14 +137,23 @@ class CondorBackend:
             total += n if kind == "Partitionable" else min(n, 1)
         return total
 
-    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
-               batch_name: str) -> int:
+    def launch(self, store: MapStore, options: SubmitOptions) -> JobLaunch:
+        """How this pool's jobs start (a subclass may put a launcher in front)."""
         from ..environment import job_launch
 
-        launch = job_launch(store, options, self)
+        return job_launch(store, options, self)
+
+    def job_attributes(self) -> dict[str, str]:
+        """Job attributes this backend adds to every job it submits (none here)."""
+        return {}
+
+    def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
+               batch_name: str) -> int:
+        launch = self.launch(store, options)
         token = secrets.token_hex(8)
         commands = submit_description(store, options, batch_name=batch_name, launch=launch,
                                       token=token, jobs=len(tasks))
+        commands.update(self.job_attributes())
         files = store.task_files()
         itemdata = [{"task": str(t), "files": "".join(f", {f}" for f in files.get(t, ()))}
                     for t in tasks]

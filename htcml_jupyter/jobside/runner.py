@@ -167,8 +167,12 @@ def _lost(indexes: list[int]) -> list[dict[str, Any]]:
     return [wire.lost_record(i, note, host, python) for i in indexes]
 
 
-def run(function_file: str, input_file: str, outcome_file: str) -> int:
-    """Run every item of ``input_file`` through the function; return the exit status."""
+def run(function_file: str, input_file: str, outcome_file: str,
+        clear_checkpoints: bool = True) -> int:
+    """Run every item of ``input_file`` through the function; return the exit status.
+
+    ``clear_checkpoints=False`` keeps the saved checkpoints when every item is recorded
+    (a caller that may restart the same work, as a torchrun node does)."""
     out_header: dict[str, Any] = {"python": python_version(), "host": socket.gethostname()}
     with open(input_file, "rb") as f:
         in_header = read_header(f)
@@ -272,7 +276,8 @@ def run(function_file: str, input_file: str, outcome_file: str) -> int:
     writer.write(finished, force=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    _clear_checkpoints()
+    if clear_checkpoints:
+        _clear_checkpoints()
     return wire.EXIT_ITEM_FAILED if failed else wire.EXIT_OK
 
 
@@ -285,11 +290,9 @@ def _indexes(header: dict[str, Any]) -> list[int]:
 
 
 def _calls_module() -> Any:
-    """``htcml_jupyter.jobside.calls``: from the installed package, or from the job's folder
-    through the stand-in package (the same module pickled ``File`` values load from)."""
-    import importlib
-
-    return importlib.import_module("htcml_jupyter.jobside.calls")
+    """``htcml_jupyter.jobside.calls`` (installed, or the job's copy through the stand-in
+    package): the module that pickled ``File`` values load from."""
+    return __import__("htcml_jupyter.jobside.calls", fromlist=["calls"])
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -389,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    return run(*args)
+    return run(args[0], args[1], args[2])
 
 
 if __name__ == "__main__":

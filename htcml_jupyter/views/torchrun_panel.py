@@ -1,0 +1,216 @@
+"""The live panel of a multi-node torchrun, and its text and HTML renderings.
+
+A header (run, cluster, nodes x processes, node 0's rendezvous address once known), a
+table of nodes (state, host, slot, GPUs, global ranks, what the launcher is doing),
+rank 0's latest reports with a curve of one metric, its checkpoint, and the first
+failure's remote traceback.  Data (:class:`RunSnapshot`) is kept apart from drawing;
+everything put into HTML is escaped.  While shown, the panel's updates also end the
+whole run when one node fails (:meth:`TorchrunRun.done`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..multinode.run import NodeStatus, TorchrunRun
+
+#: Colours of the node states.
+STATE_COLOURS = {"idle": "#b0bec5", "running": "#1e88e5", "done": "#2e7d32",
+                 "failed": "#c62828", "held": "#f9a825", "removed": "#6d4c41"}
+#: Seconds between two updates of a live panel.
+UPDATE_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """What the panel shows, read once."""
+
+    name: str
+    cluster: int | None
+    nodes: int
+    procs_per_node: int
+    rendezvous: str | None
+    node_rows: list[NodeStatus]
+    reports: list[dict[str, Any]]
+    checkpoint: dict[str, Any] | None
+    finished: bool
+    failure: str | None
+
+    @property
+    def headline(self) -> str:
+        counts: dict[str, int] = {}
+        for row in self.node_rows:
+            counts[row.state] = counts.get(row.state, 0) + 1
+        states = ", ".join(f"{v} {k}" for k, v in counts.items())
+        return (f"torchrun {self.name} (cluster {self.cluster}): {self.nodes} nodes x "
+                f"{self.procs_per_node} procs; {states}; rendezvous "
+                f"{self.rendezvous or 'not yet published'}")
+
+
+def run_snapshot(run: TorchrunRun) -> RunSnapshot:
+    """Read a run's state for display."""
+    finished = run.done
+    failure = run.error() if finished else None
+    return RunSnapshot(name=run.name, cluster=run.cluster, nodes=run.shape.nodes,
+                       procs_per_node=run.shape.procs_per_node, rendezvous=run.rendezvous,
+                       node_rows=run.nodes(), reports=run.reports(0),
+                       checkpoint=run.checkpoints().get(0), finished=finished,
+                       failure="\n".join(failure._render_traceback_()) if failure else None)
+
+
+def _gpus(row: NodeStatus) -> str:
+    return row.assigned_gpus or "-"
+
+
+def _metrics(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    last = reports[-1] if reports else {}
+    return {k: v for k, v in last.items() if k not in ("step", "time")}
+
+
+def render_text(s: RunSnapshot) -> str:
+    """The snapshot as plain text (terminals, nbclient)."""
+    lines = [s.headline]
+    for row in s.node_rows:
+        lines.append(f"  node {row.node}: {row.state:8} {row.host or '-':12} "
+                     f"slot {row.slot or '-'}  GPUs {_gpus(row)}  ranks "
+                     f"{list(row.ranks) or '-'}  {row.activity or ''}".rstrip())
+    if s.reports:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in _metrics(s.reports).items())
+        lines.append(f"  rank 0, step {s.reports[-1].get('step')}: {metrics}")
+    if s.checkpoint:
+        lines.append(f"  rank 0 checkpoint: saved step {s.checkpoint.get('saved')}, "
+                     f"evictions {s.checkpoint.get('evictions')}")
+    if s.failure:
+        lines.append(f"  failed: {s.failure}")
+    return "\n".join(lines)
+
+
+def _first_metric(reports: list[dict[str, Any]]) -> str | None:
+    for key, value in _metrics(reports).items():
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return key
+    return None
+
+
+def curve_svg(reports: list[dict[str, Any]], metric: str, width: int = 420,
+              height: int = 120) -> str:
+    """Rank 0's ``metric`` against ``step`` as a small SVG polyline (escaped)."""
+    points = [(float(r["step"]), float(r[metric])) for r in reports
+              if r.get("step") is not None and isinstance(r.get(metric), (int, float))
+              and math.isfinite(float(r[metric]))]
+    if len(points) < 2:
+        return ""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad = 8
+
+    def at(x: float, y: float) -> str:
+        px = pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
+        py = height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad)
+        return f"{px:.1f},{py:.1f}"
+
+    line = " ".join(at(x, y) for x, y in points)
+    label = html.escape(f"rank 0: {metric} {ys[-1]:.4g} at step {xs[-1]:g}")
+    return (f'<svg class="htcml-torchrun-curve" width="{width}" height="{height}">'
+            f'<polyline fill="none" stroke="#1e88e5" stroke-width="2" points="{line}"/>'
+            f'<text x="{pad}" y="14" font-size="12" fill="#37474f">{label}</text></svg>')
+
+
+def render_html(s: RunSnapshot) -> str:
+    """The snapshot as self-contained, escaped HTML."""
+    esc = html.escape
+    head = (f"<b>torchrun {esc(s.name)}</b> &middot; cluster {esc(str(s.cluster))} "
+            f"&middot; {s.nodes} nodes &times; {s.procs_per_node} procs &middot; "
+            f"rendezvous <code>{esc(s.rendezvous or 'not yet published')}</code>")
+    rows = "".join(
+        f"<tr><td>{row.node}</td><td style='color:{STATE_COLOURS.get(row.state, '#000')}'>"
+        f"<b>{esc(row.state)}</b></td><td>{esc(row.host or '-')}</td>"
+        f"<td>{esc(row.slot or '-')}</td><td>{esc(_gpus(row))}</td>"
+        f"<td>{esc(', '.join(map(str, row.ranks)) or '-')}</td>"
+        f"<td>{esc(row.activity or '')}</td></tr>" for row in s.node_rows)
+    table = ("<table class='htcml-nodes'><tr><th>node</th><th>state</th><th>host</th>"
+             "<th>slot</th><th>GPUs</th><th>ranks</th><th>launcher</th></tr>"
+             f"{rows}</table>")
+    parts = [f"<div>{head}</div>", table]
+    metric = _first_metric(s.reports)
+    if s.reports:
+        metrics = ", ".join(f"{esc(k)}={esc(str(v))}" for k, v in _metrics(s.reports).items())
+        parts.append(f"<div>rank 0, step {esc(str(s.reports[-1].get('step')))}: "
+                     f"{metrics}</div>")
+    if metric is not None:
+        parts.append(curve_svg(s.reports, metric))
+    if s.checkpoint:
+        parts.append(f"<div>rank 0 checkpoint: saved step "
+                     f"{esc(str(s.checkpoint.get('saved')))}, evictions "
+                     f"{esc(str(s.checkpoint.get('evictions')))}</div>")
+    if s.failure:
+        parts.append(f"<pre style='color:#c62828'>{esc(s.failure)}</pre>")
+    return f"<div class='htcml-torchrun'>{''.join(parts)}</div>"
+
+
+class TorchrunPanel:
+    """The live panel of one run (display it, or call :meth:`show`)."""
+
+    def __init__(self, run: TorchrunRun, interval: float = UPDATE_INTERVAL,
+                 start: bool = True):
+        import ipywidgets as w
+
+        self.run = run
+        self.interval = interval
+        self.body = w.HTML()
+        self.cancel_button = w.Button(description="Cancel", icon="stop",
+                                      tooltip="remove every node of this run")
+        self.cancel_button.on_click(lambda _: self.run.cancel())
+        self.widget = w.VBox([self.body, self.cancel_button])
+        self.widget.add_class("htcml-panel")
+        self.last: RunSnapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.update()
+        if start:
+            self.start()
+
+    def update(self) -> RunSnapshot:
+        """Read the run once and redraw."""
+        snap = run_snapshot(self.run)
+        self.body.value = render_html(snap)
+        self.cancel_button.disabled = snap.finished
+        self.last = snap
+        return snap
+
+    def start(self) -> None:
+        """Update in the background until the run ends."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"htcml-torchrun-{self.run.name}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.update().finished:
+                return
+
+    def close(self) -> None:
+        """Stop updating (the run goes on)."""
+        self._stop.set()
+
+    def show(self) -> TorchrunPanel:
+        from IPython.display import display
+
+        display(self)
+        return self
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        snap = self.last or self.update()
+        bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = render_text(snap)
+        bundle["text/html"] = render_html(snap)
+        return bundle
