@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -79,7 +80,7 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
     size = chunksize if chunksize != "auto" else auto_chunksize(
         length if length is not None else LOOKAHEAD, backend.capacity(submit_options))
     if batch_size is not None and chunksize == "auto":
-        size = max(batch_size, size // batch_size * batch_size)  # whole batches per job
+        size = math.ceil(size / batch_size) * batch_size  # whole batches per job
     meta = {
         "name": name, "function": fn_name, "created": time.time(), "n_items": length,
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
