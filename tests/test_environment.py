@@ -25,7 +25,7 @@ import pytest
 
 import htcml_jupyter as htc
 from htcml_jupyter import cli, devpool, environment
-from htcml_jupyter.backends.submit_description import submit_description
+from htcml_jupyter.backends.submit_description import job_side_files, submit_description
 from htcml_jupyter.engine.options import OptionError, SubmitOptions
 from htcml_jupyter.engine.payload import dump_function, dump_items
 from htcml_jupyter.engine.store import MapStore
@@ -38,10 +38,11 @@ from htcml_jupyter.environment import (
     pack_environment,
 )
 from htcml_jupyter.environment.layout import manifest_digest, plan
-from htcml_jupyter.jobside import job, runner, wire
+from htcml_jupyter.jobside import runner, wire
 
 PY = "python{}.{}".format(*sys.version_info[:2])
-JOB_FILES = [runner.__file__, job.__file__, wire.__file__]
+#: What every job gets besides its payload (the runner, the job-side API, chirp).
+JOB_FILES = job_side_files()
 
 
 def _make_env(root: Path) -> EnvSource:

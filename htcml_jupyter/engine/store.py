@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..jobside.wire import CHECKPOINT_DIR
+from ..jobside.wire import CHECKPOINT_DIR, OUTPUTS_DIR
 from .errors import MapNotFound
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -222,16 +222,18 @@ class MapStore:
 
     # files ---------------------------------------------------------------
     def seed_files(self) -> list[Path]:
-        """An empty outcome file and checkpoint folder that every job starts with, so that
-        HTCondor always finds both when it sends a job's files back on an eviction
+        """An empty outcome file, checkpoint folder and output-files folder that every
+        job starts with, so that HTCondor always finds all three when it sends a job's
+        files back on an eviction, even one before the runner started
         (:meth:`make_seed_files` creates them)."""
         seed = self.path / "seed"
-        return [seed / "outcome.pkl", seed / CHECKPOINT_DIR]
+        return [seed / "outcome.pkl", seed / CHECKPOINT_DIR, seed / OUTPUTS_DIR]
 
     def make_seed_files(self) -> None:
         """Create the :meth:`seed_files` (once; older maps get them at their next retry)."""
-        outcome, checkpoints = self.seed_files()
+        outcome, checkpoints, outputs = self.seed_files()
         checkpoints.mkdir(parents=True, exist_ok=True)
+        outputs.mkdir(parents=True, exist_ok=True)
         outcome.touch(exist_ok=True)
 
     @property
