@@ -41,12 +41,16 @@ def ddp_train(epochs: int = 3, seed: int = 0) -> dict[str, Any]:
     model = DistributedDataParallel(torch.nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(100 + rank)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         x = torch.randn(16, 4, generator=data)
         loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if rank == 0:
+            import htcml_jupyter as htc
+
+            htc.report(step=epoch, loss=float(loss))
     total = torch.tensor([float(rank + 1)])
     dist.all_reduce(total)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -145,6 +149,13 @@ def test_ddp_on_two_nodes(pool: str, map_root: Path) -> None:
     panel = TorchrunPanel(again, start=False)
     assert run.rendezvous in panel.body.value and "slot1_" in panel.body.value
     assert panel.cancel_button.disabled  # nothing left to cancel
+    # rank 0's loss is a live chart (the static HTML keeps an SVG of it)
+    wait_until(lambda: len(again.reports(rank=0)) == 3, timeout=30,
+               message="rank 0 should have reported each epoch")
+    panel.update()
+    assert list(panel.chart.lines) == [0] and list(panel.chart.lines[0].x) == [0, 1, 2]
+    assert panel.chart.y_axes["linear"].label == "loss"
+    assert "<svg" not in panel.body.value and "<svg" in render_html(run_snapshot(again))
     run.close()
     again.close()
 

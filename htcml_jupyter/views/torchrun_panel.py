@@ -16,6 +16,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .curves import TrialStyle, curves_svg, metric_series
+from .sweep_chart import SweepChart
+
 if TYPE_CHECKING:
     from ..multinode.run import NodeStatus, TorchrunRun
 
@@ -98,32 +101,14 @@ def _first_metric(reports: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def curve_svg(reports: list[dict[str, Any]], metric: str, width: int = 420,
-              height: int = 120) -> str:
-    """Rank 0's ``metric`` against ``step`` as a small SVG polyline (escaped)."""
-    points = [(float(r["step"]), float(r[metric])) for r in reports
-              if r.get("step") is not None and isinstance(r.get(metric), (int, float))
-              and math.isfinite(float(r[metric]))]
-    if len(points) < 2:
-        return ""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    pad = 8
-
-    def at(x: float, y: float) -> str:
-        px = pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
-        py = height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad)
-        return f"{px:.1f},{py:.1f}"
-
-    line = " ".join(at(x, y) for x, y in points)
-    label = html.escape(f"rank 0: {metric} {ys[-1]:.4g} at step {xs[-1]:g}")
-    return (f'<svg class="htcml-torchrun-curve" width="{width}" height="{height}">'
-            f'<polyline fill="none" stroke="#1e88e5" stroke-width="2" points="{line}"/>'
-            f'<text x="{pad}" y="14" font-size="12" fill="#37474f">{label}</text></svg>')
+#: How rank 0's curve is drawn, live and in the static HTML.
+RANK0_STYLE = TrialStyle(colour="#1e88e5", dashed=False, width=2.0, opacity=1.0,
+                         label="rank 0", best=False)
 
 
-def render_html(s: RunSnapshot) -> str:
-    """The snapshot as self-contained, escaped HTML."""
+def render_html(s: RunSnapshot, curve: bool = True) -> str:
+    """The snapshot as self-contained, escaped HTML (with rank 0's curve as SVG unless
+    ``curve`` is False: the live panel draws it as a chart)."""
     esc = html.escape
     head = (f"<b>torchrun {esc(s.name)}</b> &middot; cluster {esc(str(s.cluster))} "
             f"&middot; {s.nodes} nodes &times; {s.procs_per_node} procs &middot; "
@@ -143,8 +128,9 @@ def render_html(s: RunSnapshot) -> str:
         metrics = ", ".join(f"{esc(k)}={esc(str(v))}" for k, v in _metrics(s.reports).items())
         parts.append(f"<div>rank 0, step {esc(str(s.reports[-1].get('step')))}: "
                      f"{metrics}</div>")
-    if metric is not None:
-        parts.append(curve_svg(s.reports, metric))
+    if metric is not None and curve:
+        parts.append(curves_svg({0: s.reports}, metric, {0: RANK0_STYLE}, width=420,
+                                height=140))
     if s.checkpoint:
         parts.append(f"<div>rank 0 checkpoint: saved step "
                      f"{esc(str(s.checkpoint.get('saved')))}, evictions "
@@ -164,10 +150,13 @@ class TorchrunPanel:
         self.run = run
         self.interval = interval
         self.body = w.HTML()
+        self.chart = SweepChart()  # rank 0's curve, updated in place
+        self.chart_box = w.VBox([self.chart.scale_choice, self.chart.figure],
+                                layout=w.Layout(display="none"))
         self.cancel_button = w.Button(description="Cancel", icon="stop",
                                       tooltip="remove every node of this run")
         self.cancel_button.on_click(lambda _: self.run.cancel())
-        self.widget = w.VBox([self.body, self.cancel_button])
+        self.widget = w.VBox([self.body, self.chart_box, self.cancel_button])
         self.widget.add_class("htcml-panel")
         self.last: RunSnapshot | None = None
         self._stop = threading.Event()
@@ -179,7 +168,12 @@ class TorchrunPanel:
     def update(self) -> RunSnapshot:
         """Read the run once and redraw."""
         snap = run_snapshot(self.run)
-        self.body.value = render_html(snap)
+        self.body.value = render_html(snap, curve=False)
+        metric = _first_metric(snap.reports)
+        if metric is not None:
+            self.chart.update(metric_series({0: snap.reports}, metric), {0: RANK0_STYLE},
+                              metric)
+            self.chart_box.layout.display = None
         self.cancel_button.disabled = snap.finished
         self.last = snap
         return snap
