@@ -10,6 +10,7 @@ import pytest
 
 import htcml_jupyter as htc
 from htcml_jupyter.backends.bindings import pool_config
+from htcml_jupyter.devpool import PoolState
 from htcml_jupyter.engine.errors import ItemHeld, PoolUnavailable
 from htcml_jupyter.engine.options import OptionError
 from htcml_jupyter.multinode import RunShape, TorchrunError, TorchrunRun, attach_run
@@ -277,3 +278,20 @@ def test_multinode_notebook(pool: str, notebook_dir: Path,
     assert "parameters equal on every rank: True" in text
     assert "rendezvous at" in text
     assert "failed on rank 1" in text and "jobs left in the queue: 0" in text
+
+
+@pytest.mark.pool
+@pytest.mark.isolated
+def test_ddp_on_a_pool_that_shares_nothing(isolated_pool: PoolState, iso_root: Path) -> None:
+    """The nodes get Python and torch from the packed environment, as maps do there, and
+    meet through the chirp relay without any shared folder."""
+    root = iso_root / "torchrun"
+    root.mkdir()
+    root.chmod(0o755)
+    run = htc.torchrun(ddp_train, nodes=2, procs_per_node=1, kwargs={"epochs": 3},
+                       pool="isolated", root=root, request_memory="1GB")
+    results = run.results(timeout=600)
+    assert [r["sum"] for r in results] == [3.0, 3.0]
+    assert results[0]["checksum"] == results[1]["checksum"]
+    assert run.map.environment["kind"] == "pack"
+    run.close()
