@@ -277,7 +277,7 @@ def run(function_file: str, input_file: str, outcome_file: str,
     sys.stdout.flush()
     sys.stderr.flush()
     if clear_checkpoints:
-        _clear_checkpoints()
+        clear_saved_checkpoints()
     return wire.EXIT_ITEM_FAILED if failed else wire.EXIT_OK
 
 
@@ -374,7 +374,7 @@ def _merge(indexes: list[int], finished: dict[int, dict[str, Any]]) -> list[dict
     return [*(finished[i] for i in indexes if i in finished), *_lost(pending)]
 
 
-def _clear_checkpoints() -> None:
+def clear_saved_checkpoints() -> None:
     """Every item is recorded: the saved states are no longer needed (the folder stays,
     empty, because HTCondor sends it back)."""
     import shutil

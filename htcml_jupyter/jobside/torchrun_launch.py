@@ -55,7 +55,6 @@ if __package__:  # imported from the installed package
         read_ad,
         restart_name,
     )
-    from .torchrun_worker import clear_checkpoints
 else:  # run as a script in the job's folder, next to runner.py and wire.py
     import runner  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
@@ -70,7 +69,6 @@ else:  # run as a script in the job's folder, next to runner.py and wire.py
         read_ad,
         restart_name,
     )
-    from torchrun_worker import clear_checkpoints  # type: ignore[no-redef]
 
 #: Seconds a node whose torchrun failed waits for a restart note before it calls the
 #: failure its own.
@@ -276,7 +274,7 @@ class Node:
             if code == 0:
                 records = self.records("the rank wrote no outcome")
                 self.write_outcome(records)
-                clear_checkpoints()
+                runner.clear_saved_checkpoints()
                 self.publish_node("done")
                 return wire.EXIT_OK if all(r.get("ok") for r in records) else \
                     wire.EXIT_ITEM_FAILED

@@ -24,19 +24,6 @@ else:  # run as a script in the job's folder, next to runner.py and wire.py
     import wire  # type: ignore[no-redef]
 
 
-def clear_checkpoints() -> None:
-    """Every rank of the node finished: the saved states are no longer needed (the
-    folder stays, empty, because HTCondor sends it back)."""
-    import shutil
-
-    for name in os.listdir(wire.CHECKPOINT_DIR) if os.path.isdir(wire.CHECKPOINT_DIR) else ():
-        path = os.path.join(wire.CHECKPOINT_DIR, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-
-
 def worker(node: int, procs: int, function_file: str, input_file: str) -> int:
     """One torchrun process: the runner on this process's one item."""
     local = int(os.environ["LOCAL_RANK"])
