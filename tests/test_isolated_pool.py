@@ -24,6 +24,7 @@ from htcml_jupyter import devpool
 from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.backends.pools import backend_from_meta, isolated_backend, resolve_backend
 from htcml_jupyter.devpool import PoolState
+from htcml_jupyter.devpool.common import is_mounted, run
 from tests.helpers import square, wait_until
 
 pytestmark = [
@@ -86,6 +87,76 @@ def _submit_probe(state: PoolState, job_dir: Path, paths: list[str]) -> tuple[in
         submitted = time.time()
         cluster = int(htcondor2.Schedd().submit(sub).cluster())
     return cluster, submitted
+
+
+SCRATCH_PROBE = """\
+import json, os, sys
+name = sys.argv[1]
+places = ["/tmp", "/var/tmp", "/dev/shm"]
+before = {p: os.path.exists(os.path.join(p, name)) for p in places}
+for p in places:
+    with open(os.path.join(p, name), "w") as f:
+        f.write("left by an earlier job")
+machine = ""
+with open(os.environ["_CONDOR_MACHINE_AD"]) as f:
+    for line in f:
+        if line.startswith("Name = "):
+            machine = line.split("@")[-2]
+with open("scratch.json", "w") as f:
+    json.dump({"before": before, "machine": machine,
+               "after": {p: os.path.exists(os.path.join(p, name)) for p in places}}, f)
+"""
+
+
+def _run_scratch_probe(state: PoolState, job_dir: Path, name: str) -> dict[str, Any]:
+    """Run :data:`SCRATCH_PROBE` as one job and return what it found."""
+    job_dir.mkdir(mode=0o777)
+    job_dir.chmod(0o777)
+    (job_dir / "scratch.py").write_text(SCRATCH_PROBE)
+    with pool_config(state.client_config) as htcondor2:
+        sub = htcondor2.Submit({
+            "executable": "/usr/bin/python3", "transfer_executable": "false",
+            "arguments": f"scratch.py {name}", "initialdir": str(job_dir),
+            "transfer_input_files": "scratch.py", "should_transfer_files": "YES",
+            "when_to_transfer_output": "ON_EXIT", "transfer_output_files": "scratch.json",
+            "output": "out", "error": "err", "log": "log", "job_max_vacate_time": "3",
+            "request_memory": "100MB",
+        })
+        cluster = int(htcondor2.Schedd().submit(sub).cluster())
+
+    def settled() -> Any:
+        ad = _job_ad(state, cluster)
+        return ad if ad is not None and ad.get("JobStatus") in (4, 5) else None
+
+    ad = wait_until(settled, timeout=120, message="the scratch probe did not finish")
+    assert ad["JobStatus"] == 4, f"scratch probe held: {ad.get('HoldReason')}"
+    result: dict[str, Any] = json.loads((job_dir / "scratch.json").read_text())
+    return result
+
+
+def test_every_job_has_its_own_tmp_var_tmp_and_dev_shm(isolated_pool: PoolState,
+                                                       iso_root: Path) -> None:
+    """HTCondor's defaults (MOUNT_UNDER_SCRATCH, a private /dev/shm): what one job
+    leaves in /tmp, /var/tmp or /dev/shm is gone for the next job on that machine."""
+    name = f"htcml-left-{os.getpid()}-{time.time_ns()}"
+    first = _run_scratch_probe(isolated_pool, iso_root / "scratch-1", name)
+    assert first["after"] == {"/tmp": True, "/var/tmp": True, "/dev/shm": True}, first
+    second = _run_scratch_probe(isolated_pool, iso_root / "scratch-2", name)
+    assert second["machine"] == first["machine"] != "", (first, second)
+    assert second["before"] == {"/tmp": False, "/var/tmp": False, "/dev/shm": False}, \
+        f"a later job on {second['machine']} saw an earlier job's files: {second}"
+    for root in isolated_pool.roots.values():  # nor did it go to the machine's own /tmp
+        assert not (Path(root) / "tmp" / name).exists()
+        assert not (Path(root) / "var/tmp" / name).exists()
+
+
+def test_execute_roots_keep_htcondor_defaults(isolated_pool: PoolState) -> None:
+    for name, root in isolated_pool.roots.items():
+        if name == "submit":
+            continue
+        value = run(["chroot", root, "condor_config_val", "MOUNT_UNDER_SCRATCH"])
+        assert value.strip().strip('"') == "/tmp,/var/tmp", (name, value)
+        assert is_mounted(root), f"{root} is not a mount point of its own"
 
 
 def _job_ad(state: PoolState, cluster: int) -> Any:

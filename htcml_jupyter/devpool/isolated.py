@@ -11,9 +11,11 @@ Debian 13 root:
   the folder holding this package (the shadow sends ``runner.py`` from there) -- but
   not the Python interpreter;
 * each **execute** root (``exec1``, ``exec2``, ...) runs only a startd, on ports
-  :data:`EXEC_PORT`, :data:`EXEC_PORT` + 1, ..., and mounts nothing but ``/proc``,
-  ``/dev`` and a private ``/dev/shm``.  Its ``FileSystemDomain`` differs from the
-  submit side's, so HTCondor transfers every file.
+  :data:`EXEC_PORT`, :data:`EXEC_PORT` + 1, ..., and mounts nothing but itself,
+  ``/proc``, ``/dev``, ``/sys`` and a private ``/dev/shm`` (see :mod:`.execroot`).  Its
+  ``FileSystemDomain`` differs from the submit side's, so HTCondor transfers every
+  file.  It keeps HTCondor's defaults: every job gets its own ``/tmp``, ``/var/tmp``
+  and ``/dev/shm``.  Podman is its docker runtime, so container jobs run there too.
 
 The daemons of different roots authenticate with the submit root's pool signing key
 (copied into every execute root) and a token for ``condor@<UID_DOMAIN>``.  Clients use
@@ -33,7 +35,6 @@ from pathlib import Path
 from ..paths import htcml_home
 from .common import (
     POOL_USER,
-    ROOTFS_EXTRA,
     TUNING,
     PoolError,
     PoolState,
@@ -49,6 +50,7 @@ from .common import (
     write_client_config,
     write_settings,
 )
+from .execroot import docker_settings, ensure_podman, mount_execute_root, unmount_root
 from .rootfs import bind, ensure_rootfs, ensure_user, root_masters, stop_root, wait_ready
 
 SUBMIT_PORT = 9718
@@ -145,7 +147,8 @@ def _submit_config(num_cpus: int) -> str:
     )
 
 
-def _exec_config(name: str, port: int, num_cpus: int) -> str:
+def _exec_config(name: str, port: int, num_cpus: int, docker: str = "") -> str:
+    # MOUNT_UNDER_SCRATCH and MOUNT_PRIVATE_DEV_SHM keep HTCondor's defaults here.
     return (
         f"# Written by htcml_jupyter: execute node {name} of the isolated pool.\n"
         "DAEMON_LIST = MASTER STARTD\n"
@@ -154,7 +157,7 @@ def _exec_config(name: str, port: int, num_cpus: int) -> str:
         f"FILESYSTEM_DOMAIN = {EXEC_DOMAIN}\n"
         f"MASTER_NAME = {name}\n"
         f"STARTD_NAME = {name}\n"
-        + ROOTFS_EXTRA + TUNING.format(num_cpus=num_cpus)
+        + docker + TUNING.format(num_cpus=num_cpus)
     )
 
 
@@ -174,19 +177,6 @@ def _mount_submit(root: Path, mounts: list[str]) -> list[str]:
     for path in shared:
         bind(path, root, mounts, read_only=path == package)
     return shared
-
-
-def _mount_exec(root: Path, mounts: list[str]) -> None:
-    """Mount ``/proc``, ``/dev`` (not what lies below it) and a private ``/dev/shm``."""
-    proc_dir = root / "proc"
-    if not is_mounted(str(proc_dir)):
-        run(["mount", "-t", "proc", "proc", str(proc_dir)])
-    mounts.append(str(proc_dir))
-    bind("/dev", root, mounts)
-    shm = root / "dev/shm"
-    if not is_mounted(str(shm)):
-        run(["mount", "-t", "tmpfs", "-o", "mode=1777", "htcml-shm", str(shm)])
-    mounts.append(str(shm))
 
 
 def _share_pool_key(submit: Path, execs: list[Path]) -> None:
@@ -297,9 +287,15 @@ def up_isolated(state_dir: Path | None = None, *, num_cpus: int = 8,
     wait_ready(["chroot", str(submit)], condition="IsReady")
     for name in names:
         root = roots[name]
-        _mount_exec(root, mounts)
+        if root_masters(str(root)) and not is_mounted(os.path.realpath(root)):
+            say(f"restarting execute node {name} so its jobs get a private /tmp")
+            stop_root(str(root))
+            unmount_root(str(root))
+        mount_execute_root(root, mounts)
+        ensure_podman(root)
         prepare_root(root)
-        changed = write_settings(root, _exec_config(name, ports[name], num_cpus))
+        changed = write_settings(root, _exec_config(name, ports[name], num_cpus,
+                                                    docker_settings(root)))
         if not root_masters(str(root)):
             say(f"starting execute node {name} (port {ports[name]})")
             run(["chroot", str(root), "condor_master"])
@@ -331,9 +327,7 @@ def _stop_extra_nodes(previous: PoolState, exec_nodes: int) -> None:
             continue
         say(f"stopping execute node {name}")
         stop_root(root)
-        for target in reversed(previous.mounts):
-            if target.startswith(root.rstrip("/") + "/") and is_mounted(target):
-                run(["umount", "-l", target], check=False)
+        unmount_root(root)
 
 
 def isolated_running(state_dir: Path | None = None) -> PoolState | None:
@@ -376,9 +370,11 @@ def down_isolated(state_dir: Path | None = None) -> bool:
     state = PoolState.load(state_dir)
     if state is None or state.mode != "isolated":
         return False
-    order = [r for n, r in state.roots.items() if n != "submit"] + [state.rootfs]
-    for root in order:
+    execs = [r for n, r in state.roots.items() if n != "submit"]
+    for root in [*execs, state.rootfs]:
         stop_root(root)
+    for root in execs:
+        unmount_root(root)  # what podman mounted there too; the root's own bind last
     for target in reversed(state.mounts):
         if is_mounted(target):
             run(["umount", "-l", target], check=False)
