@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import devpool
+from .devpool.guard import DECLINED
 from .engine.errors import HTCMLError
 
 
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except devpool.ForeignPoolError as exc:
+        print(f"htcml: {exc}", file=sys.stderr)
+        return DECLINED
     except (devpool.PoolError, HTCMLError, ValueError) as exc:
         print(f"htcml: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,9 @@ between the two; ``running_state(isolated=True).client_config`` is the isolated
 pool's client configuration.
 
 All pools get several slots, fast negotiation and two simulated GPUs.
+
+Neither starts on a machine that already belongs to another HTCondor pool (an access
+point): :func:`up` raises :class:`ForeignPoolError` instead (see :mod:`.guard`).
 """
 
 from __future__ import annotations
@@ -39,9 +42,27 @@ from .common import (
     is_mounted,
     isolated_state_dir,
 )
+from .guard import ForeignPool, find_foreign_pool, project_addresses
 
-__all__ = ["POOL_UID", "POOL_USER", "PoolError", "PoolState", "chroot_env",
-           "default_state_dir", "down", "isolated_state_dir", "running_state", "up"]
+__all__ = ["POOL_UID", "POOL_USER", "ForeignPoolError", "PoolError", "PoolState",
+           "chroot_env", "default_state_dir", "down", "isolated_state_dir", "running_state",
+           "up"]
+
+
+class ForeignPoolError(PoolError):
+    """This machine already belongs to an HTCondor pool the project did not start."""
+
+    def __init__(self, found: ForeignPool) -> None:
+        super().__init__(found.message())
+        self.found = found
+
+
+def refuse_on_foreign_pool() -> None:
+    """Raise :class:`ForeignPoolError` when this machine belongs to another pool."""
+    own = project_addresses([default_state_dir(), isolated_state_dir()])
+    found = find_foreign_pool(own=own)
+    if found is not None:
+        raise ForeignPoolError(found)
 
 
 def up(state_dir: Path | None = None, *, num_cpus: int = 8, isolated: bool = False,
@@ -65,7 +86,14 @@ def up(state_dir: Path | None = None, *, num_cpus: int = 8, isolated: bool = Fal
     -------
     PoolState
         How to reach the pool (``client_config``) and what to undo.
+
+    Raises
+    ------
+    ForeignPoolError
+        This machine already belongs to an HTCondor pool (an access point); nothing was
+        started.
     """
+    refuse_on_foreign_pool()
     if isolated:
         from .isolated import up_isolated
 
