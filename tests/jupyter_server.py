@@ -22,6 +22,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+try:
+    from jupyter_server.auth.authorizer import Authorizer
+except ImportError:  # the browser tests say how to install it
+    Authorizer = object  # type: ignore[misc,assignment]
+
 #: Settings that keep JupyterLab quiet and predictable in a test: no news toast,
 #: every cell attached to the DOM.
 _USER_SETTINGS: dict[str, dict[str, Any]] = {
@@ -29,6 +34,14 @@ _USER_SETTINGS: dict[str, dict[str, Any]] = {
         "fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
+
+
+class ReadOnlyAuthorizer(Authorizer):
+    """An ``Authorizer`` that lets an authenticated user read and nothing else
+    (``--ServerApp.authorizer_class=tests.jupyter_server.ReadOnlyAuthorizer``)."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return action == "read"
 
 
 def _free_port() -> int:
@@ -78,8 +91,9 @@ class JupyterLab:
     """One JupyterLab server; use as a context manager or call start() and stop()."""
 
     def __init__(self, base: Path, env: dict[str, str] | None = None,
-                 startup_timeout: float = 60.0):
+                 startup_timeout: float = 60.0, args: list[str] | None = None):
         self.base = base
+        self.extra_args = list(args or [])
         self.root_dir = base / "root"
         self.log_path = base / "jupyterlab.log"
         self.extra_env = dict(env or {})
@@ -131,7 +145,7 @@ class JupyterLab:
                "--LabApp.expose_app_in_browser=True",
                "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--ServerApp.open_browser=False"]
+               "--ServerApp.open_browser=False", *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.root_dir, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,

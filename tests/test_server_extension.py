@@ -87,13 +87,13 @@ class Client:
         return {m["name"]: m for m in reply.body["maps"]}
 
 
-def _server(base: Path, env: dict[str, str]) -> JupyterLab:
+def _server(base: Path, env: dict[str, str], args: list[str] | None = None) -> JupyterLab:
     missing = [m for m in ("jupyterlab", "jupyter_server")
                if importlib.util.find_spec(m) is None]
     if missing:
         pytest.fail(f"the server extension tests need {', '.join(missing)}: "
                     f"run scripts/install-browser", pytrace=False)
-    return JupyterLab(base, env={"HTCML_LOCAL_FALLBACK": "0", **env})
+    return JupyterLab(base, env={"HTCML_LOCAL_FALLBACK": "0", **env}, args=args)
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +329,25 @@ def test_a_map_that_cannot_be_attached_is_listed_with_why(home: Path, client: Cl
     finally:
         meta_file.write_bytes(saved)
     assert client.maps()[bad.name]["counts"]["done"] == 2
+
+
+def test_the_servers_authorizer_decides(home: Path,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Past authentication, the server's Authorizer is asked about the "htcml" resource:
+    one that allows reads only lets the sidebar list maps, and refuses cancel and retry
+    (403) before they touch the map."""
+    m = htc.map(helpers.fail_on_multiples_of_three, range(4), root=home / "maps",
+                backend="local")
+    assert m.wait(timeout=60) and m.status()["failed"] == 2
+    tasks_before = (m.store.path / "tasks.jsonl").read_bytes()
+    env = {"HTCML_HOME": str(home), "PYTHONPATH": str(REPO)}
+    args = ["--ServerApp.authorizer_class=tests.jupyter_server.ReadOnlyAuthorizer"]
+    with _server(tmp_path_factory.mktemp("lab-read-only"), env, args) as lab:
+        client = Client(lab)
+        assert client.maps()[m.name]["counts"]["failed"] == 2
+        for action in ("cancel", "retry"):
+            refused = client.post(m.name, action)
+            assert refused.status == 403, refused
+            assert "not authorized to write on resource: htcml" in refused.body["message"]
+    assert (m.store.path / "tasks.jsonl").read_bytes() == tasks_before
+    assert htc.attach(m.name, root=home / "maps").status()["failed"] == 2

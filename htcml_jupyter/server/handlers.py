@@ -3,7 +3,10 @@
 ``GET maps`` lists every map and sweep of the server user's map root;
 ``POST maps/<name>/cancel`` and ``POST maps/<name>/retry`` act on one map.  Each is a
 jupyter_server :class:`APIHandler`: a request needs the server's token (or login
-cookie), and a cookie-authenticated POST needs the XSRF token as well.
+cookie), and a cookie-authenticated POST needs the XSRF token as well.  Past
+authentication, the server's ``Authorizer`` decides, on the resource ``"htcml"``
+(:data:`AUTH_RESOURCE`): listing is a ``"read"``, cancel and retry are ``"write"``; a
+refused request gets 403.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -22,11 +26,15 @@ from .catalog import MapBusy, MapCatalog
 
 #: The key of the catalog in the tornado application's settings.
 CATALOG_SETTING = "htcml_map_catalog"
+#: The resource name the server's ``Authorizer`` is asked about for every request.
+AUTH_RESOURCE = "htcml"
 
 T = TypeVar("T")
 
 
 class _CatalogHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
     @property
     def catalog(self) -> MapCatalog:
         catalog: MapCatalog = self.settings[CATALOG_SETTING]
@@ -55,6 +63,7 @@ class MapsHandler(_CatalogHandler):
     """``GET /htcml/maps``: ``{"root": ..., "maps": [summary, ...]}``, oldest first."""
 
     @web.authenticated
+    @authorized("read", resource=AUTH_RESOURCE)
     async def get(self) -> None:
         summaries = await self._in_thread(self.catalog.summaries)
         self._reply({"root": str(self.catalog.root),
@@ -65,6 +74,7 @@ class MapActionHandler(_CatalogHandler):
     """``POST /htcml/maps/<name>/cancel`` or ``.../retry``: ``{"map": summary, ...}``."""
 
     @web.authenticated
+    @authorized("write", resource=AUTH_RESOURCE)
     async def post(self, name: str, action: str) -> None:
         catalog = self.catalog
         # Checked before any work is queued: a bad name never reaches the file system.
