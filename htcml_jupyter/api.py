@@ -88,17 +88,18 @@ def map(
                       batch_size=batch_size)
 
 
-def attach(name: str, root: str | Path | None = None) -> Map:
+def attach(name: str, root: str | Path | None = None, watch: bool = True) -> Map:
     """The map called ``name``, rebuilt from its folder (in any process, at any time).
 
-    A sweep comes back as a :class:`Sweep` (its early-abort watcher resumes)."""
+    A sweep comes back as a :class:`Sweep`: its early-abort watcher resumes, unless
+    ``watch=False`` (progress only: the sweep's policy is then never unpickled)."""
     from .backends.pools import backend_from_meta
     from .engine.mapping import Map
     from .engine.store import MapStore
 
     store = MapStore.open(Path(root) if root is not None else default_map_root(), name)
     meta = store.read_meta()
-    backend = backend_from_meta(meta["pool"])
+    backend = backend_from_meta(meta.get("pool"))
     if "workflow" in meta:
         from .workflows.node import StageMap
 
@@ -106,7 +107,7 @@ def attach(name: str, root: str | Path | None = None) -> Map:
     if "sweep" in meta:
         from .training.sweeps import Sweep
 
-        return Sweep(store, backend)
+        return Sweep(store, backend, watch=watch)
     return Map(store, backend)
 
 
@@ -188,8 +189,12 @@ class MapInfo:
     created: float
     pool: str
     path: Path
+    #: Why the map's record could not be read (then the other fields are placeholders).
+    problem: str | None = None
 
     def __repr__(self) -> str:
+        if self.problem is not None:
+            return f"<MapInfo {self.name!r}: unreadable: {self.problem}>"
         return (f"<MapInfo {self.name!r}: {self.function}, {self.n_items} items, "
                 f"created {self.created_text}, on {self.pool}>")
 
@@ -218,17 +223,29 @@ def maps_text(infos: list[MapInfo]) -> str:
 
 
 def list_maps(root: str | Path | None = None) -> list[MapInfo]:
-    """Every map under ``root`` (default ``~/.htcml/maps``), oldest first."""
+    """Every map under ``root`` (default ``~/.htcml/maps``), oldest first.
+
+    A map whose ``map.json`` cannot be read (damaged, not a map's record, a link) is
+    listed too, with the reason in :attr:`MapInfo.problem`; nothing in it is run."""
     from .engine.store import MapStore, list_map_names
 
     base = Path(root) if root is not None else default_map_root()
-    out = []
-    for name in list_map_names(base):
+    return [_map_info(MapStore(base / name)) for name in list_map_names(base)]
+
+
+def _map_info(store: Any) -> MapInfo:
+    """The listing entry of one map folder; never raises."""
+    try:
+        meta = store.read_meta()
+        pool = meta.get("pool")
+        return MapInfo(store.name, str(meta.get("function", "?")),
+                       int(meta.get("n_items") or 0), float(meta.get("created") or 0),
+                       str(pool.get("description", "?") if isinstance(pool, dict) else "?"),
+                       store.path)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         try:
-            meta = MapStore(base / name).read_meta()
-        except (OSError, ValueError):
-            continue
-        out.append(MapInfo(name, str(meta.get("function", "?")), int(meta.get("n_items", 0)),
-                           float(meta.get("created", 0)),
-                           str(meta.get("pool", {}).get("description", "?")), base / name))
-    return out
+            created = store.path.lstat().st_mtime
+        except OSError:
+            created = 0.0
+        return MapInfo(store.name, "?", 0, created, "?", store.path,
+                       problem=f"{type(exc).__name__}: {exc}")

@@ -211,7 +211,11 @@ def test_watcher_description_runs_this_interpreter_in_the_local_universe(
     commands = watcher_description(store, token_directory="/x/tokens.d")
     assert commands["universe"] == "local"
     assert commands["executable"] == sys.executable
-    assert commands["arguments"] == "-m htcml_jupyter.workflows.watch ."
+    # -P: nothing planted in the map folder (its working folder) shadows the stdlib
+    assert commands["arguments"] == '"-P -m htcml_jupyter.workflows.watch ."'
+    spaced = watcher_description(MapStore(tmp_path / "a b's" / "s-1"), python="/py",
+                                 token_directory="/x y/it's tokens.d")
+    assert "_CONDOR_SEC_TOKEN_DIRECTORY='/x y/it''s tokens.d'" in spaced["environment"]
     assert commands["initialdir"] == str(store.path)  # where it runs, spaces and all
     assert "getenv" not in commands and "CONDOR_CONFIG" not in commands["environment"]
     assert "_CONDOR_SEC_TOKEN_DIRECTORY=/x/tokens.d" in commands["environment"]
@@ -343,3 +347,19 @@ def test_stages_are_checked_before_anything_is_written(tmp_path: Path) -> None:
         create_chain((htc.stage(_total, over="all"),), backend=LocalBackend(),
                      root=tmp_path, name=None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.pool
+def test_a_chain_under_a_folder_with_spaces_and_quotes(pool_env: str, map_root: Path) -> None:
+    """DAGMan splits SCRIPT lines at spaces and honours no quotes: the PRE and POST
+    scripts get no path, run with -P, and a map root with spaces and a quote works."""
+    root = map_root / "with space's"
+    root.mkdir()
+    root.chmod(0o755)
+    wf = htc.chain(htc.stage(_halve, [1, 2]), htc.stage(_total, over="all"),
+                   root=root, pool=pool_env)
+    assert wf.wait(timeout=180) == "succeeded"
+    assert wf.result() == 1.5
+    assert (root / wf.name).stat().st_mode & 0o777 == 0o700
+    dag = (root / wf.name / "workflow.dag").read_text()
+    assert " -P -m htcml_jupyter.workflows.node post . 1" in dag and str(root) not in dag

@@ -62,6 +62,31 @@ def pool_config(config: str | None) -> Iterator[Any]:
         yield htcondor2
 
 
+def _quoted(value: str) -> str:
+    if any(c in value for c in "\n\r\0"):
+        raise ValueError(f"{value!r} holds a line break or NUL, which no submit command "
+                         f"can carry")
+    value = value.replace('"', '""')
+    if any(c in value for c in " \t'"):
+        return "'" + value.replace("'", "''") + "'"
+    return value
+
+
+def condor_arguments(args: list[str]) -> str:
+    """``args`` as a submit description's ``arguments`` value, in HTCondor's new syntax
+    (double-quoted; an argument with spaces or quotes single-quoted, quotes doubled)."""
+    return '"' + " ".join(_quoted(a) for a in args) + '"'
+
+
+def condor_environment(values: dict[str, str]) -> str:
+    """``values`` as a submit description's ``environment`` value, in HTCondor's new
+    syntax: a value with spaces or quotes is single-quoted, quotes doubled."""
+    for name in values:
+        if not name or any(c in name for c in " \t=\"'\n\r\0"):
+            raise ValueError(f"{name!r} is not an environment variable name")
+    return '"' + " ".join(f"{k}={_quoted(v)}" for k, v in values.items()) + '"'
+
+
 def daemon_restarted(exc: BaseException) -> bool:
     """Whether a binding error is one that a daemon restart leaves behind once."""
     return any(text in str(exc) for text in RESTARTED_DAEMON)

@@ -136,9 +136,71 @@ def resolve_backend(pool: str | None = None, backend: str | None = None,
     return LocalBackend()
 
 
-def backend_from_meta(pool: dict[str, Any]) -> Backend:
-    """Rebuild the backend a map was submitted to, from its ``map.json``."""
+def _own_pool(state: devpool.PoolState | None, isolated: bool) -> CondorBackend | None:
+    """A backend for one of the project's pools from its recorded state (up or not, so a
+    finished map's results stay readable while the pool is down)."""
+    if state is None:
+        return None
+    running = isolated_backend() if isolated else project_backend()
+    if running is not None:
+        return running
+    description = "the project's isolated pool" if isolated else "the project's pool"
+    uid_applies = os.geteuid() == 0 and (isolated or state.mode == "rootfs")
+    return CondorBackend(state.client_config, description=description,
+                         job_uid=state.job_uid if uid_applies else None,
+                         shared_paths=state.shared_paths)
+
+
+def configured_pools() -> dict[str, CondorBackend | None]:
+    """``{real path of a client configuration: its backend}`` for every pool this process
+    is configured for: the project's pools, ``HTCML_POOL`` and ``CONDOR_CONFIG`` when
+    they name files, and the system configuration (None: rebuilt as named)."""
+    found: dict[str, CondorBackend | None] = {}
+    for state, isolated in ((devpool.PoolState.load(), False),
+                            (devpool.PoolState.load(devpool.isolated_state_dir()), True)):
+        if state is not None and state.client_config:
+            found.setdefault(os.path.realpath(state.client_config), _own_pool(state, isolated))
+    for name in (os.environ.get("HTCML_POOL"), os.environ.get("CONDOR_CONFIG"), SYSTEM_CONFIG):
+        if name and name not in ("local", "project", "isolated", os.devnull) \
+                and Path(name).expanduser().is_file():
+            found.setdefault(os.path.realpath(Path(name).expanduser()), None)
+    return found
+
+
+def backend_from_meta(pool: Any) -> Backend:
+    """Rebuild the backend a map was submitted to, from its ``map.json``'s ``pool``.
+
+    The record comes from the map's folder, which jobs can write: a configuration file
+    it names is used only when it is one this process is configured for
+    (:func:`configured_pools`); anything else is :class:`PoolUnavailable`, never a
+    file loaded into the bindings.  The job user and shared folders of the project's
+    pools come from their own state, not from the record.
+    """
+    if not isinstance(pool, dict):
+        raise PoolUnavailable(f"the map's record names no pool (its 'pool' is "
+                              f"{type(pool).__name__}, not a record)")
     if pool.get("backend") == "local":
-        return LocalBackend(pool.get("workers"))
-    return CondorBackend(pool.get("config"), description=pool.get("description", ""),
-                         job_uid=pool.get("job_uid"), shared_paths=pool.get("shared_paths"))
+        workers = pool.get("workers")
+        return LocalBackend(workers if isinstance(workers, int) and workers > 0 else None)
+    config = pool.get("config")
+    description = str(pool.get("description", ""))
+    if config is None:  # this process's own configuration: CONDOR_CONFIG or the system's
+        return CondorBackend(None, description=description or "the local HTCondor pool")
+    if not isinstance(config, str):
+        raise PoolUnavailable(f"the map's record names the pool configuration {config!r}, "
+                              f"which is not a file name")
+    real = os.path.realpath(Path(config).expanduser())
+    known = configured_pools()
+    if real not in known:
+        raise PoolUnavailable(
+            f"the map's record names the pool configuration {config!r}, which is not a "
+            f"pool configured here (the project's pools, HTCML_POOL, CONDOR_CONFIG or "
+            f"{SYSTEM_CONFIG}); a map folder cannot choose which configuration file is "
+            f"loaded. If you trust that file, set HTCML_POOL={config} and attach again")
+    own = known[real]
+    if own is not None:
+        return own
+    shared = pool.get("shared_paths")
+    return CondorBackend(config, description=description,
+                         shared_paths=[str(p) for p in shared] if isinstance(shared, list)
+                         else None)

@@ -16,7 +16,9 @@ Layout of ``<root>/<name>/`` (mode 0700)::
     seed/               an empty outcome file and checkpoint folder every job starts with
 
 Files are only ever added or appended to, so a crash at any point loses nothing
-already written.
+already written.  Every file is read and written through :mod:`.folder_files`, which
+follows no link inside the folder: when root submits for the pool's job user, that user
+owns the folder and may have put anything there.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from ..jobside.wire import CHECKPOINT_DIR, OUTPUTS_DIR
+from . import folder_files
 from .errors import MapNotFound
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: The files of a map folder that root keeps as its own when it gives the folder to the
+#: pool's job user (relative paths, or their beginnings).
+ROOTS_OWN = ("map.json", "function.pkl", "policy.pkl", "inputs/")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def new_map_name(function_name: str) -> str:
@@ -45,30 +52,34 @@ def new_map_name(function_name: str) -> str:
 
 
 def check_map_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    """``name`` when it is a map name (the whole string: a trailing newline is not);
+    raises ``ValueError`` saying what a name may hold otherwise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"map name {name!r} must be 1-100 letters, digits, '_', '-' or '.', "
                          f"starting with a letter or digit")
     return name
 
 
 def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    folder_files.append(path.parent, path.name,
+                        "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a record file, one a line; lines that are not (cut short by a
+    crash, or written by someone else) are skipped."""
     try:
-        text = path.read_text()
+        text = folder_files.read_bytes(path.parent, path.name).decode(errors="replace")
     except FileNotFoundError:
         return
     for line in text.splitlines():
         if line.strip():
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except ValueError:
-                continue  # a line cut short by a crash
+                continue
+            if isinstance(row, dict):
+                yield row
 
 
 @dataclass
@@ -113,7 +124,10 @@ class MapStore:
         """Give the folder to the user the pool's jobs run as (when we are root).
 
         Never follows a symbolic link: the job user can write into the folder, and a link
-        planted there must not make root give away the file it points to.
+        planted there must not make root give away the file it points to.  The files
+        root may load again (:data:`ROOTS_OWN`: its record, the function, the inputs a
+        retry reads back, a sweep's policy) stay root's, readable by the job user: a file
+        the job user put in their place is refused (:func:`folder_files.read_own`).
         """
         for sub in (root,) if root is not None else ():
             if sub is not None and sub.lstat().st_uid != uid:
@@ -124,17 +138,33 @@ class MapStore:
                 path = os.path.join(dirpath, name)
                 if os.lstat(path).st_nlink > 1:
                     continue  # a hard link to a file outside (a cached environment pack)
+                if os.path.relpath(path, self.path).startswith(ROOTS_OWN):
+                    continue
                 os.chown(path, uid, -1, follow_symlinks=False)
 
     # metadata ------------------------------------------------------------
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.path / "map.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, self.path / "map.json")
+        """Replace ``map.json`` atomically."""
+        folder_files.write_atomic(self.path, "map.json",
+                                  json.dumps(meta, indent=1, default=str).encode())
 
     def read_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = json.loads((self.path / "map.json").read_text())
+        """The map's record, ``map.json``; ``ValueError`` when it is not a JSON object."""
+        meta = json.loads(folder_files.read_bytes(self.path, "map.json"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"{self.path / 'map.json'} holds a JSON {type(meta).__name__}, "
+                             f"not the map's record")
         return meta
+
+    def write_file(self, rel: str, data: bytes, mode: int = 0o644) -> None:
+        """Replace the file ``rel`` (e.g. ``"policy.pkl"``) of the folder atomically, with
+        ``mode`` from its first byte; no link in the folder is followed."""
+        folder_files.write_atomic(self.path, rel, data, mode, create=True)
+
+    def read_own(self, rel: str) -> bytes:
+        """The bytes of the file ``rel`` when this process's user wrote it: what may be
+        unpickled here (a file the job user put in its place is an ``UnsafeEntry``)."""
+        return folder_files.read_own(self.path, rel)
 
     def add_tasks(self, tasks: Sequence[tuple[int, Sequence[int]]],
                   files: dict[int, list[str]] | None = None) -> None:
@@ -231,10 +261,9 @@ class MapStore:
 
     def make_seed_files(self) -> None:
         """Create the :meth:`seed_files` (once; older maps get them at their next retry)."""
-        outcome, checkpoints, outputs = self.seed_files()
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        outputs.mkdir(parents=True, exist_ok=True)
-        outcome.touch(exist_ok=True)
+        folder_files.make_folder(self.path, f"seed/{CHECKPOINT_DIR}")
+        folder_files.make_folder(self.path, f"seed/{OUTPUTS_DIR}")
+        folder_files.append(self.path, "seed/outcome.pkl", b"")
 
     @property
     def function_file(self) -> Path:
@@ -245,7 +274,8 @@ class MapStore:
         return self.path / "logs" / "events.log"
 
     def input_file(self, task: int) -> Path:
-        return self.path / "inputs" / f"task-{task}.pkl"
+        """Job ``task``'s inputs; ``UnsafeEntry`` when ``inputs`` is not a real folder."""
+        return folder_files.check_folder(self.path, "inputs") / f"task-{task}.pkl"
 
     def output_file(self, task: int) -> Path:
         return self.path / "outputs" / f"task-{task}.pkl"
@@ -275,9 +305,16 @@ def _alive_here(pid: Any, host: Any) -> bool:
 
 
 def list_map_names(root: Path) -> list[str]:
-    """Names of the maps under ``root``, oldest first (a symbolic link is not a map of
-    this root: it may lead anywhere)."""
+    """Names of the maps under ``root``, oldest first: its folders that hold a
+    ``map.json``, readable or not (a symbolic link is not a map of this root: it may
+    lead anywhere)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if not p.is_symlink() and (p / "map.json").is_file()]
-    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime)]
+    found = []
+    for p in root.iterdir():
+        try:
+            if not p.is_symlink() and p.is_dir() and os.path.lexists(p / "map.json"):
+                found.append((p.lstat().st_mtime, p.name))
+        except OSError:
+            continue
+    return [name for _, name in sorted(found)]

@@ -47,6 +47,7 @@ class MapSummary:
     running: bool = False  # True while any item is idle or running
     submitting: bool = False  # True while another process is queueing its jobs
     error: str | None = None  # why the map could not be read, when it could not
+    usage: str = ""  # what its jobs used, in one line, once any finished (Map.usage)
 
     def as_json(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -57,12 +58,14 @@ def summarize(info: MapInfo, m: Map | None, error: str | None = None,
               submitting: bool = False) -> MapSummary:
     """The summary of a map from its listing entry and, when attached, its state."""
     counts = m.status() if m is not None else {}
+    used = m.usage(live=False) if m is not None else None
     kind = "sweep" if isinstance(m, Sweep) else "map"
     return MapSummary(name=info.name, kind=kind, function=info.function, pool=info.pool,
                       n_items=info.n_items, created=info.created,
                       age=max(0.0, time.time() - info.created), counts=counts,
                       running=submitting or any(counts.get(s, 0) for s in _UNSETTLED),
-                      submitting=submitting, error=error)
+                      submitting=submitting, error=error,
+                      usage=used.summary() if used is not None and used.finished else "")
 
 
 def submitting(path: Path) -> bool:
@@ -111,10 +114,11 @@ class MapCatalog:
         return path
 
     def _is_own(self, path: Path) -> bool:
-        """True for a real map folder directly under the root (no link leads elsewhere)."""
+        """True for a real map folder directly under the root (no link leads elsewhere;
+        links inside it are never followed by the store, and are listed as the reason
+        the map cannot be read)."""
         try:
             return (not path.is_symlink() and path.is_dir()
-                    and not (path / "map.json").is_symlink()
                     and path.resolve().parent == self.root.resolve())
         except OSError:
             return False
@@ -128,13 +132,15 @@ class MapCatalog:
             return [self._summary(info) for info in infos]
 
     def _summary(self, info: MapInfo) -> MapSummary:
+        if info.problem is not None:
+            return summarize(info, None, info.problem)
         try:
             if submitting(info.path):  # the last counts known, if any
                 with self._lock:
                     held = self._attached.get(info.name)
                 return summarize(info, held.map if held else None, submitting=True)
             return summarize(info, self._map(info))
-        except (HTCMLError, OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # one damaged or hostile map never hides the others
             return summarize(info, None, f"{type(exc).__name__}: {exc}")
 
     def _map(self, info: MapInfo) -> Map:

@@ -21,8 +21,10 @@ from typing import Any
 
 from ..backends.bindings import call_with_pool
 from ..engine.errors import HTCMLError, WaitTimeout
+from ..engine.folder_files import write_atomic as write_file
 from ..engine.mapping import Map
 from ..engine.store import MapStore, check_map_name, new_map_name
+from ..engine.usage import MapUsage
 from .node import STAGES_FILE, WORKFLOW_FILE, read_workflow, stage_map
 from .stages import Stage, stage_map_name, write_stage_folder
 
@@ -34,11 +36,22 @@ DAG_FILE = "workflow.dag"
 _chdir_lock = threading.Lock()
 
 
-def _node_script(when: str, folder: Path, index: int) -> Any:
+def _node_script(when: str, index: int) -> Any:
+    """DAGMan's PRE or POST script of stage ``index``.
+
+    DAGMan splits a SCRIPT line at every space and honours no quotes, so no path goes
+    on it: the script runs in the workflow's folder (DAGMan's own) and is given ``.``.
+    The interpreter runs with ``-P`` (``-I`` before Python 3.11): a file planted in that
+    folder, which the job user can write, cannot shadow the standard library."""
     from htcondor2 import dags
 
+    if any(c.isspace() or c in "\"'" for c in sys.executable):
+        raise HTCMLError(f"DAGMan cannot run the interpreter {sys.executable!r}: its path "
+                         f"holds a space or a quote, which a DAG's SCRIPT line cannot "
+                         f"carry; run the workflow from an environment at a plain path")
+    flag = "-P" if sys.version_info >= (3, 11) else "-I"
     return dags.Script(executable=sys.executable,
-                       arguments=["-m", "htcml_jupyter.workflows.node", when, str(folder),
+                       arguments=[flag, "-m", "htcml_jupyter.workflows.node", when, ".",
                                   str(index)])
 
 
@@ -78,9 +91,9 @@ def write_dag(folder: Path, stores: list[MapStore], backend: Any) -> Path:
         n_items = int(store.read_meta()["n_items"])
         spec: dict[str, Any] = {
             "name": f"stage{index}", "submit_description": _stage_submit(store, backend, n_items),
-            "post": _node_script("post", folder, index)}
+            "post": _node_script("post", index)}
         if index:
-            spec["pre"] = _node_script("pre", folder, index)
+            spec["pre"] = _node_script("pre", index)
         layer = dag.layer(**spec) if layer is None else layer.child_layer(**spec)
     return Path(dags.write_dag(dag, folder, dag_file_name=DAG_FILE))
 
@@ -134,6 +147,18 @@ class Workflow:
     def stage(self, index: int) -> Map:
         """The map of stage ``index`` (negative counts from the end)."""
         return stage_map(self.folder, range(len(self))[index])
+
+    def usage(self, live: bool = True) -> MapUsage:
+        """What the jobs of every stage used, summed (:meth:`Map.usage` of each stage;
+        ``usage().summary()`` in one line)."""
+        parts = []
+        for index in range(len(self)):
+            m = self.stage(index)
+            try:
+                parts.append(m.usage(live=live))
+            finally:
+                m.close()
+        return MapUsage.combine(parts)
 
     def finished_stages(self) -> list[dict[str, Any]]:
         """How each finished stage ended: ``stage``, ``map``, ``ok``, ``failed`` items."""
@@ -219,7 +244,8 @@ def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
         backend.check_visible(root / map_name)
         if (root / map_name).exists():
             raise ValueError(f"a map named {map_name!r} already exists in {root}")
-    folder.mkdir(parents=True, mode=0o755)
+    root.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700)  # the job user's alone once given to it (DAGMan writes here)
     made: list[MapStore] = []
     try:
         record = {"name": name, "created": time.time(), "pool": backend.describe(),
@@ -230,13 +256,14 @@ def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
                                            backend=backend,
                                            workflow={"name": name, "folder": str(folder)}))
         dag_file = write_dag(folder, made, backend)
-        (folder / WORKFLOW_FILE).write_text(json.dumps(record, indent=1))
+        write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
         uid = backend.job_uid
         if uid is not None and os.geteuid() == 0 and uid != 0:  # DAGMan runs as the job user
             for store in [*made, MapStore(folder)]:
                 store.chown(uid)
         record["dagman"] = submit_dag(dag_file, backend)
-        (folder / WORKFLOW_FILE).write_text(json.dumps(record, indent=1))
+        # the folder is the job user's now: a link planted there is replaced, not followed
+        write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
     except BaseException:  # nothing was queued: leave nothing behind
         for store in made:
             shutil.rmtree(store.path, ignore_errors=True)

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..backends.bindings import call_with_pool
+from ..backends.bindings import call_with_pool, condor_arguments, condor_environment
+from ..engine import folder_files
 from ..engine.store import MapStore
 
 #: The job attribute that names the map a watcher job watches.
@@ -32,9 +33,10 @@ WATCHER_SILENT_AFTER = 20.0
 
 
 def watcher_record(store: MapStore) -> dict[str, Any]:
-    """The watcher's record of the sweep in ``store`` (empty when it has none)."""
+    """The watcher's record of the sweep in ``store`` (empty when it has none, or when
+    it is not a regular file of the folder)."""
     try:
-        record = json.loads((store.path / WATCHER_FILE).read_text())
+        record = json.loads(folder_files.read_bytes(store.path, WATCHER_FILE, limit=1 << 20))
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -51,10 +53,21 @@ def pool_watcher_active(store: MapStore, now: float | None = None) -> bool:
 
 
 def write_record(store: MapStore, record: dict[str, Any]) -> None:
-    """Replace the watcher's record in the map folder atomically."""
-    tmp = store.path / f".{WATCHER_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, store.path / WATCHER_FILE)
+    """Replace the watcher's record in the map folder atomically (a link in its place is
+    replaced, never followed)."""
+    store.write_file(WATCHER_FILE, json.dumps(record).encode())
+
+
+def isolated_python_flags(parent: str, version: tuple[int, int] | None = None) -> list[str]:
+    """What goes before a module name to run it from the package in ``parent`` without
+    the working folder on ``sys.path``: ``-P -m`` (Python 3.11+, ``PYTHONPATH`` names
+    ``parent``), or before 3.11 ``-I`` and a small ``-c`` that puts ``parent`` first
+    (``-I`` also ignores ``PYTHONPATH``)."""
+    if (version or sys.version_info[:2]) >= (3, 11):
+        return ["-P", "-m"]
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "runpy.run_module(sys.argv[1], run_name='__main__', alter_sys=True)")
+    return ["-I", "-c", code, parent]
 
 
 def package_parent() -> str:
@@ -77,12 +90,15 @@ def watcher_description(store: MapStore, *, python: str | None = None,
     return {
         "universe": "local",
         "executable": python or sys.executable,
-        "arguments": "-m htcml_jupyter.workflows.watch .",  # it runs in the map folder
+        # it runs in the map folder, which the job user can write: with -P (-I before
+        # Python 3.11) nothing planted there can shadow the standard library
+        "arguments": condor_arguments([*isolated_python_flags(package_parent()),
+                                       "htcml_jupyter.workflows.watch", "."]),
         "initialdir": str(store.path),
         "output": "logs/watcher.out",
         "error": "logs/watcher.err",
         "log": "logs/watcher.log",
-        "environment": '"' + " ".join(f"{k}={v}" for k, v in environment.items()) + '"',
+        "environment": condor_environment(environment),
         # one that cannot start (no such interpreter on that host) leaves the queue; the
         # kernel's watcher takes over once the record is WATCHER_SILENT_AFTER old
         "periodic_remove": "JobStatus == 5",
@@ -104,14 +120,12 @@ def hand_over_tokens(store: MapStore, config: str | None) -> str | None:
     found = call_with_pool(config, token_directory)
     if found is None or not Path(found).is_dir():
         return None
-    target = store.path / "tokens.d"
-    target.mkdir(mode=0o700, exist_ok=True)
+    folder_files.make_folder(store.path, "tokens.d")  # 0700; a link there is refused
     for token in Path(found).iterdir():
         if token.is_file() and not token.name.startswith("."):
-            copy = target / token.name
-            copy.touch(mode=0o600)
-            copy.write_bytes(token.read_bytes())
-    return str(target)
+            # 0600 from the first byte, renamed into place (a planted link is replaced)
+            store.write_file(f"tokens.d/{token.name}", token.read_bytes(), mode=0o600)
+    return str(store.path / "tokens.d")
 
 
 def submit_watcher(store: MapStore, backend: Any) -> str | None:
