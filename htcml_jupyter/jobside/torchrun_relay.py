@@ -15,6 +15,8 @@ from typing import Any
 
 #: The folder, inside the run's folder (the jobs' Iwd), where the nodes meet.
 RELAY_DIR = "torchrun"
+#: The mode of every relay file in the run's folder: the job user's own.
+RELAY_FILE_MODE = 0o600
 #: Seconds between two looks for node 0's contact (and between abort checks).
 POLL = 0.25
 
@@ -77,11 +79,14 @@ class Relay:
         return None
 
     def put(self, remote: str, data: dict[str, Any]) -> None:
+        """Write ``data`` as JSON to ``remote`` in the run's folder, mode 0600 there (the
+        chirp default is 0777) and here."""
         local = f".htcml-relay-{os.getpid()}-{id(self)}.json"
-        with open(local, "w") as f:
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         try:
-            self._call("put", local, remote)
+            self._call("put", local, remote, "wct", RELAY_FILE_MODE)
         finally:
             os.unlink(local)
 
