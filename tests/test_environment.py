@@ -38,7 +38,7 @@ from htcml_jupyter.environment import (
     pack_environment,
 )
 from htcml_jupyter.environment.layout import manifest_digest, plan
-from htcml_jupyter.jobside import runner, wire
+from htcml_jupyter.jobside import wire
 
 PY = "python{}.{}".format(*sys.version_info[:2])
 #: What every job gets besides its payload (the runner, the job-side API, chirp).
@@ -178,9 +178,7 @@ def test_bootstrap_unpacks_and_runs_the_runner(
     proc = _bootstrap(box, packed.path.name, "runner.py", "function.pkl", "task-0.pkl",
                       "outcome.pkl")
     assert proc.returncode == 0, proc.stderr
-    with open(box / "outcome.pkl", "rb") as f:
-        runner.read_header(f)
-        records = pickle.loads(f.read())
+    records = wire.decode_outcome((box / "outcome.pkl").read_bytes())[1]
     values = [pickle.loads(r["value"]) for r in records]
     prefix = str(box / "htcml_env")
     assert values == [(2, prefix, f"{prefix}/bin/python3", 42),

@@ -18,9 +18,7 @@ from tests import helpers
 def _run(tmp_path: Path) -> tuple[int, list[dict[str, Any]]]:
     proc = subprocess.run([sys.executable, runner.__file__, "function.pkl", "items.pkl",
                            "outcome.pkl"], cwd=tmp_path, capture_output=True, text=True)
-    with open(tmp_path / "outcome.pkl", "rb") as f:
-        runner.read_header(f)
-        return proc.returncode, pickle.loads(f.read())
+    return proc.returncode, wire.decode_outcome((tmp_path / "outcome.pkl").read_bytes())[1]
 
 
 def test_outcome_per_item_and_exit_codes(tmp_path: Path) -> None:
@@ -113,9 +111,8 @@ def test_items_of_one_job_keep_separate_checkpoints(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, runner.__file__, "function.pkl", "items.pkl",
                            "outcome.pkl"], cwd=tmp_path, env=env, capture_output=True)
     assert proc.returncode == 0, proc.stderr
-    with open(tmp_path / "outcome.pkl", "rb") as f:
-        runner.read_header(f)
-        values = [pickle.loads(r["value"]) for r in pickle.loads(f.read())]
+    records = wire.decode_outcome((tmp_path / "outcome.pkl").read_bytes())[1]
+    values = [pickle.loads(r["value"]) for r in records]
     assert [v["restored"] for v in values] == [None, None]  # item 1 never saw item 0's state
     assert values[0]["folder"] != values[1]["folder"]
     assert os.listdir(tmp_path / "htcml_checkpoint") == []  # emptied once all are recorded
@@ -142,7 +139,7 @@ def test_setup_once_and_batches_in_one_job(tmp_path: Path) -> None:
         [1000, 1001, 1002, 1003, 1004, 1005, 1009]
     assert {by_index[i]["error"]["type"] for i in (6, 7, 8)} == {"builtins.KeyError"}
     with open(tmp_path / "outcome.pkl", "rb") as f:
-        header = runner.read_header(f)
+        header = wire.read_outcome_header(f)
     assert len(header["setup_runs"]) == 1
 
 

@@ -1,8 +1,14 @@
 """What a finished job left behind: its outcome file, per item, and its output text.
 
 The job runner writes one outcome file per job (records keyed by item index, format in
-:mod:`htcml_jupyter.jobside.runner`); this module reads them back into values and
+:mod:`htcml_jupyter.jobside.wire`); this module reads them back into values and
 errors for the :class:`~htcml_jupyter.engine.mapping.Map`.
+
+An outcome file is data: which items succeeded comes from its header line alone, and
+the records are JSON.  Only :meth:`OutcomeReader.value` unpickles (one item's value,
+when a caller asks for results); an error's pickled exception is unpickled only by
+:meth:`RemoteError.original`.  Outcome files of the earlier, pickled format are not
+read (their items count as failed, with the reason).
 """
 
 from __future__ import annotations
@@ -12,8 +18,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ..jobside.runner import read_header
-from ..jobside.wire import EXIT_ENVIRONMENT_FAILED, JOB_LOST, split_item_output
+from ..jobside.wire import (
+    EXIT_ENVIRONMENT_FAILED,
+    JOB_LOST,
+    MAGIC,
+    decode_outcome,
+    ok_items,
+    read_outcome_header,
+    split_item_output,
+)
 from .errors import HTCMLError, ItemHeld, ItemRemoved, RemoteError
 from .payload import restore_source_lines
 from .state import ItemState, TaskStatus
@@ -57,25 +70,21 @@ class OutcomeReader:
         self._problems: dict[int, str] = {}
 
     def records(self, task: int) -> dict[int, dict[str, Any]]:
-        """``{item: record}`` of one job; empty while it has no readable outcome (why is
-        kept for :meth:`error`).  Nothing in a damaged file escapes as an exception."""
+        """``{item: record}`` of one job, values and exceptions as bytes (nothing is
+        unpickled); empty while it has no readable outcome (why is kept for
+        :meth:`error`).  Nothing in a damaged file escapes as an exception."""
         cached = self._cache.get(task)
         if cached is not None:
             self._cache.move_to_end(task)
             return cached
         path = self.store.output_file(task)
         try:
-            with path.open("rb") as f:
-                header = read_header(f)
-                records = pickle.loads(f.read())
+            header, records = decode_outcome(path.read_bytes())
             outcome = {int(r["index"]): r for r in records}
         except FileNotFoundError:
             return {}
-        except BaseException as exc:  # a damaged file: truncated, corrupted, hostile
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            self._problems[task] = (f"its outcome file {path} cannot be read "
-                                    f"({type(exc).__name__}: {exc})")
+        except Exception as exc:  # a damaged file: truncated, corrupted, hostile
+            self._problems[task] = self._problem(path, exc)
             return {}
         self._problems.pop(task, None)
         self._headers[task] = header
@@ -87,33 +96,81 @@ class OutcomeReader:
         return outcome
 
     def failed_items(self, status: TaskStatus) -> frozenset[int]:
-        """The items of a finished job that have no result (read once per job)."""
+        """The items of a finished job that have no result (read once per job, from the
+        outcome file's header line alone)."""
         known = self._failed.get(status.task)
         if known is not None:
             return known
-        records = self.records(status.task)
-        failed = frozenset(i for i in status.items if not _has_value(records.get(i)))
-        if records:  # an outcome not there yet is read again next time
-            self._failed[status.task] = failed
+        header = self.header(status.task)
+        if not header:
+            return frozenset(status.items)  # not there yet: read again next time
+        try:
+            ok = ok_items(header)
+        except (TypeError, ValueError, IndexError) as exc:
+            self._problems[status.task] = self._problem(self.store.output_file(status.task),
+                                                        exc)
+            ok = set()
+        items = status.items
+        if isinstance(items, range) and ok.issuperset(items):
+            failed: frozenset[int] = frozenset()
+        else:
+            failed = frozenset(i for i in items if i not in ok)
+        self._failed[status.task] = failed
         return failed
 
     def header(self, task: int) -> dict[str, Any]:
-        """The outcome file's header (host, Python, set-up runs); empty when unread."""
-        if task not in self._headers:
-            self.records(task)
-        return self._headers.get(task, {})
+        """The outcome file's header (host, Python, set-up runs, the items with a value);
+        empty when there is none or it is damaged.  Reads the header line only."""
+        known = self._headers.get(task)
+        if known is not None:
+            return known
+        path = self.store.output_file(task)
+        try:
+            with path.open("rb") as f:
+                header = read_outcome_header(f)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            self._problems[task] = self._problem(path, exc)
+            return {}
+        self._problems.pop(task, None)
+        self._headers[task] = header
+        return header
+
+    @staticmethod
+    def _problem(path: Path, exc: Exception) -> str:
+        try:
+            with path.open("rb") as f:
+                old = f.read(len(MAGIC)) == MAGIC
+        except OSError:
+            old = False
+        if old:
+            return (f"its outcome file {path} has the earlier, pickled format, which is "
+                    f"not read because reading it would run code the job wrote; retry() "
+                    f"the map to run it again")
+        return f"its outcome file {path} cannot be read ({type(exc).__name__}: {exc})"
 
     def succeeded(self, status: TaskStatus, item: int) -> bool:
         """Whether ``item`` of a finished job has a result: its own record says so (an
         exit code of 0 alone is not enough)."""
         return item not in self.failed_items(status)
 
+    def value_bytes(self, status: TaskStatus, item: int) -> bytes:
+        """The pickled result of a done item, as its job wrote it (not unpickled)."""
+        value = self.records(status.task).get(item, {}).get("value")
+        if not isinstance(value, bytes):
+            raise RemoteError(item, {
+                "type": "htcml_jupyter.UnreadableResult",
+                "message": f"item {item} finished, but its outcome holds no result",
+                "traceback": "", "host": status.host}, status.job_id)
+        return value
+
     def value(self, status: TaskStatus, item: int) -> Any:
         """The result of a done item; :class:`RemoteError` when it cannot be unpickled
         here (a module missing in the notebook, a damaged record)."""
         try:
             return pickle.loads(self.records(status.task)[item]["value"])
-        except BaseException as exc:
+        except BaseException as exc:  # unpickling may raise anything, SystemExit too
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return_type = type(exc).__name__
@@ -151,11 +208,15 @@ class OutcomeReader:
                            f"see stderr({item})",
                 "traceback": tail(self.store.stderr_file(status.task)),
                 "host": status.host}, status.job_id)
-        error = dict(record["error"])
-        error["traceback"] = restore_source_lines(str(error.get("traceback", "")),
+        given = record.get("error")
+        given = given if isinstance(given, dict) else {
+            "type": JOB_LOST, "message": "the job's outcome gives this item neither a "
+                                         "value nor an error"}
+        error: dict[str, Any] = {key: str(given[key]) for key in
+                                 ("type", "message", "host", "python") if key in given}
+        error["exception"] = given.get("exception") if isinstance(
+            given.get("exception"), bytes) else None
+        error["traceback"] = restore_source_lines(str(given.get("traceback", "")),
                                                   self.code_locations)
         return RemoteError(item, error, status.job_id)
 
-
-def _has_value(record: dict[str, Any] | None) -> bool:
-    return record is not None and record.get("ok") is True and "value" in record

@@ -140,6 +140,19 @@ class MapResults:
                 raise HTCMLError(f"item {item} is still {state.value}")
             raise self._error_of(item, state)
 
+    def result_bytes(self, item: int) -> bytes:
+        """One done item's result still pickled, as its job wrote it: for passing it on
+        (a workflow's next stage) without running the job's pickle here.  Raises the
+        item's error when it has no result."""
+        self._check_index(item)
+        state = self.item_states()[item]
+        with self._lock:
+            if state is ItemState.DONE:
+                return self._outcomes.value_bytes(self._status_of(item), item)
+            if not state.settled:
+                raise HTCMLError(f"item {item} is still {state.value}")
+            raise self._error_of(item, state)
+
     def as_completed(self, timeout: float | None = None, errors: ErrorMode = "raise",
                      poll: float = 0.2) -> Iterator[tuple[int, Any]]:
         """Yield ``(item, result)`` as items finish, in finishing order.

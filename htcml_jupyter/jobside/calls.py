@@ -66,6 +66,22 @@ class File:
         return (File, (self.source,))
 
 
+class Pickled:
+    """A value passed on still pickled (a workflow stage's result, as the next stage's
+    input): it is unpickled in the job that receives it, never on the submit side."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = bytes(data)
+
+    def __repr__(self) -> str:
+        return f"Pickled(<{len(self.data)} bytes>)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pickled, (self.data,))
+
+
 def find_files(value: Any, depth: int = 0) -> list[File]:
     """Every :class:`File` in ``value`` (itself, or inside lists, tuples and dict values
     down to :data:`MAX_DEPTH`)."""
@@ -81,7 +97,12 @@ def find_files(value: Any, depth: int = 0) -> list[File]:
 
 
 def localize(value: Any, folder: str = ".", depth: int = 0) -> Any:
-    """``value`` with each :class:`File` replaced by the path of its copy in ``folder``."""
+    """``value`` with each :class:`File` replaced by the path of its copy in ``folder``
+    (and each :class:`Pickled` by its value)."""
+    if isinstance(value, Pickled):
+        import pickle
+
+        return localize(pickle.loads(value.data), folder, depth)
     if isinstance(value, File):
         return Path(os.path.abspath(os.path.join(folder, value.name)))
     if depth >= MAX_DEPTH or not isinstance(value, (list, tuple, dict)):

@@ -17,25 +17,25 @@ checkpoint exit, or an eviction that brought the file back) keeps the records an
 run wrote and runs only the other items.  Each record is a dict:
 ``{"index", "ok", "value" | "error", "started", "seconds"}``, plus ``"call"`` and
 ``"files"`` when the call wrote files under ``output_dir()``; the header lists the
-set-up's runs (``"setup_runs"``);
-a value is pickled on its own, so one result that cannot be unpickled on the submit side
-does not hide the others.  An error is plain data (type name, message, traceback text,
-host) plus the pickled exception when it pickles.
+set-up's runs (``"setup_runs"``) and the items that have a value.  The outcome file is
+data (JSON, format in :mod:`wire`): only each value, pickled on its own, and each pickled
+exception are pickle, so reading which items succeeded never unpickles anything, and one
+result that cannot be unpickled on the submit side does not hide the others.  An error
+is plain data (type name, message, traceback text, host) plus the pickled exception when
+it pickles.
 
 Exit status: 0 when every item succeeded, 3 when an item raised (the outcome says
 which), 4 when the payload could not be loaded at all (``bootstrap.sh`` adds 5: a packed
 environment that cannot start).  HTCondor's ``max_retries`` stops at these codes
 (``retry_until``), so it reruns only crashes.
 
-Both files start with a header: a magic line, then one line of JSON that records the
-Python and cloudpickle versions that wrote them; a mismatch is reported before anything
-is unpickled.
+The input files start with a header: a magic line, then one line of JSON that records
+the Python and cloudpickle versions that wrote them; a mismatch is reported before
+anything is unpickled.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import pickle
 import socket
@@ -54,23 +54,10 @@ def python_version() -> str:
     return "{}.{}.{}".format(*sys.version_info[:3])
 
 
-def read_header(stream: io.BufferedIOBase | Any) -> dict[str, Any]:
-    """Read the magic line and JSON header of a payload file."""
-    magic = stream.readline()
-    if magic != wire.MAGIC:
-        raise ValueError(f"not an htcml payload file (starts with {magic[:40]!r})")
-    header: dict[str, Any] = json.loads(stream.readline())
-    return header
-
-
-def write_payload(path: str, header: dict[str, Any], body: bytes) -> None:
-    """Write ``MAGIC``, the header and the body to ``path`` atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(wire.MAGIC)
-        f.write(json.dumps(header).encode() + b"\n")
-        f.write(body)
-    os.replace(tmp, path)
+#: The payload files' format lives in :mod:`wire`; these names are kept here for callers.
+read_header = wire.read_header
+write_payload = wire.write_payload
+write_atomically = wire.write_atomically
 
 
 def _error_record(exc: BaseException, tb_text: str | None = None) -> dict[str, Any]:
@@ -156,15 +143,9 @@ def _flush_reports() -> None:
         job.flush_reports()
 
 
-def _write_outcome(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    write_payload(path, header, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _lost(indexes: list[int]) -> list[dict[str, Any]]:
-    note = ("the job ended before this item finished (killed, out of memory, or evicted "
-            "without a checkpoint)")
-    host, python = socket.gethostname(), python_version()
-    return [wire.lost_record(i, note, host, python) for i in indexes]
+#: Why an item has no record yet (the job ended before it finished).
+LOST_NOTE = ("the job ended before this item finished (killed, out of memory, or evicted "
+             "without a checkpoint)")
 
 
 def run(function_file: str, input_file: str, outcome_file: str,
@@ -339,17 +320,31 @@ class _OutcomeWriter:
         self.every_call = len(indexes) <= self.EVERY_CALL_UP_TO
         self.last = 0.0
         self.cost = 0.0
+        self.encoded: dict[int, tuple[dict[str, Any], tuple[bytes, bytes]]] = {}
+        header["lost"] = {"note": LOST_NOTE, "host": header.get("host"),
+                          "python": python_version()}
+
+    def _encoded(self, record: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A record's bytes, encoded once (records are never changed once made)."""
+        index = int(record["index"])
+        known = self.encoded.get(index)
+        if known is None or known[0] is not record:
+            known = self.encoded[index] = (record, wire.encode_record(record))
+        return known[1]
 
     def write(self, finished: dict[int, dict[str, Any]], force: bool = False) -> None:
         now = time.time()
         if not (force or self.every_call or now - self.last >= max(1.0, 20 * self.cost)):
             return
-        self.write_all(_merge(self.indexes, finished))
+        parts = [self._encoded(finished[i]) if i in finished else wire.lost_line(i)
+                 for i in self.indexes]
+        ok = [i for i in self.indexes if wire.has_value(finished.get(i))]
+        write_atomically(self.path, wire.join_outcome(self.header, parts, ok))
         self.last = time.time()
         self.cost = self.last - now
 
     def write_all(self, records: list[dict[str, Any]]) -> None:
-        _write_outcome(self.path, self.header, records)
+        write_atomically(self.path, wire.encode_outcome(self.header, records))
 
 
 def _finished_records(path: str, indexes: list[int]
@@ -359,19 +354,12 @@ def _finished_records(path: str, indexes: list[int]
     wanted = set(indexes)
     try:
         with open(path, "rb") as f:
-            header = read_header(f)
-            records = pickle.loads(f.read())
+            header, records = wire.decode_outcome(f.read())
         return header, {int(r["index"]): r for r in records
                         if int(r["index"]) in wanted and not r.get("lost")
                         and not r.get("payload")}
     except Exception:
         return {}, {}
-
-
-def _merge(indexes: list[int], finished: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per item: the finished ones, a "lost" placeholder for the rest."""
-    pending = [i for i in indexes if i not in finished]
-    return [*(finished[i] for i in indexes if i in finished), *_lost(pending)]
 
 
 def clear_saved_checkpoints() -> None:

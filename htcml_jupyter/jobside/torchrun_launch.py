@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import secrets
 import signal
 import socket
@@ -133,10 +132,10 @@ class Node:
             record = None
             try:
                 with open(self.local_outcome(local), "rb") as f:
-                    runner.read_header(f)
-                    found = [r for r in pickle.loads(f.read()) if r.get("index") == item]
+                    found = [r for r in wire.decode_outcome(f.read())[1]
+                             if r.get("index") == item]
                 record = found[0] if found and not found[0].get("lost") else None
-            except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+            except (OSError, ValueError, TypeError, KeyError):
                 pass
             if record is None:
                 record = wire.lost_record(item, note, self.host, runner.python_version())
@@ -148,8 +147,7 @@ class Node:
 
     def write_outcome(self, records: list[dict[str, Any]]) -> None:
         header = {"python": runner.python_version(), "host": self.host}
-        runner.write_payload(self.outcome_file, header,
-                             pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+        runner.write_atomically(self.outcome_file, wire.encode_outcome(header, records))
 
     def clear_generation(self) -> None:
         for local in range(self.procs):

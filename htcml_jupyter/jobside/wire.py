@@ -6,9 +6,11 @@ notebook side imports the same names from here, so each is defined exactly once.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
-#: First line of every payload file (function, inputs, outcomes).
+#: First line of every payload file (function, inputs).
 MAGIC = b"HTCML-PAYLOAD 1\n"
 
 #: Runner exit codes.
@@ -77,3 +79,196 @@ def lost_record(index: int, note: str, host: str, python: str) -> dict[str, Any]
     return {"index": index, "ok": False, "lost": True, "started": None, "seconds": None,
             "error": {"type": JOB_LOST, "message": note, "traceback": note,
                       "host": host, "python": python, "exception": None}}
+
+
+def read_header(stream: Any) -> dict[str, Any]:
+    """Read the magic line and JSON header of a payload file."""
+    magic = stream.readline(len(MAGIC))
+    if magic != MAGIC:
+        raise ValueError(f"not an htcml payload file (starts with {magic[:40]!r})")
+    header: dict[str, Any] = json.loads(stream.readline())
+    return header
+
+
+def write_payload(path: str, header: dict[str, Any], body: bytes) -> None:
+    """Write ``MAGIC``, the header and the body to ``path`` atomically."""
+    write_atomically(path, MAGIC + json.dumps(header).encode() + b"\n" + body)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------- outcome files
+#
+# An outcome file is data that cannot run code until a value is asked for:
+#
+#   OUTCOME_MAGIC
+#   one line of JSON: the header (host, Python, set-up runs) plus "ok" (the items that
+#       have a value, as [start, stop) runs), "records" (how many) and "size" (bytes of
+#       the record lines)
+#   one line of JSON per record, its bytes fields replaced by their length: "value",
+#       and "exception" inside "error" (null when the exception did not pickle).  Two
+#       short forms keep big jobs fast: [index, started, seconds, value length] for a
+#       plain result, and [index] for an item not finished yet (the header's "lost"
+#       says why: the note, host and Python of lost_record)
+#   the raw bytes of those fields, in record order (a value, then an exception)
+#
+# Reading status needs the header line alone; only a value or an exception is pickle,
+# and only the calls that return values unpickle it.
+
+#: First line of every outcome file.
+OUTCOME_MAGIC = b"HTCML-OUTCOME 2\n"
+#: The longest header line read (a header lists runs of items, never values).
+MAX_OUTCOME_HEADER = 64 << 20
+_PLAIN = frozenset({"index", "ok", "value", "started", "seconds"})
+
+
+def _finite(x: Any) -> bool:
+    return (type(x) is float and x - x == 0.0) or type(x) is int
+
+
+def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """One record as ``(JSON line, raw bytes)``: its value and pickled exception move
+    to the raw bytes and are replaced by their lengths."""
+    value = record.get("value")
+    if (record.get("ok") is True and record.keys() == _PLAIN and type(value) is bytes
+            and _finite(record["started"]) and _finite(record["seconds"])):
+        return (f"[{int(record['index'])},{record['started']!r},{record['seconds']!r},"
+                f"{len(value)}]\n".encode(), value)
+    line = dict(record)
+    raw = b""
+    if "value" in line:
+        raw = bytes(line["value"])
+        line["value"] = len(raw)
+    error = line.get("error")
+    if isinstance(error, dict):
+        exc = error.get("exception")
+        error = dict(error)
+        error["exception"] = None if exc is None else len(exc)
+        raw += b"" if exc is None else bytes(exc)
+        line["error"] = error
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n", raw
+
+
+def lost_line(index: int) -> tuple[bytes, bytes]:
+    """The short form of a "lost" placeholder (the header's ``"lost"`` says why)."""
+    return b"[%d]\n" % index, b""
+
+
+def ok_runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted item indexes as ``[start, stop)`` runs."""
+    runs: list[list[int]] = []
+    for i in sorted(indexes):
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        elif not runs or runs[-1][1] < i:
+            runs.append([i, i + 1])
+    return runs
+
+
+def has_value(record: dict[str, Any] | None) -> bool:
+    """Whether a record holds a result."""
+    return record is not None and record.get("ok") is True and "value" in record
+
+
+def join_outcome(header: dict[str, Any], encoded: list[tuple[bytes, bytes]],
+                 ok: list[int]) -> bytes:
+    """The bytes of an outcome file from encoded records (``ok``: items with a value)."""
+    lines = b"".join([line for line, _ in encoded])
+    head = {**header, "ok": ok_runs(ok), "records": len(encoded), "size": len(lines)}
+    return b"".join([OUTCOME_MAGIC, json.dumps(head).encode(), b"\n", lines,
+                     *[raw for _, raw in encoded]])
+
+
+def encode_outcome(header: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
+    """The bytes of an outcome file holding ``records``."""
+    return join_outcome(header, [encode_record(r) for r in records],
+                        [int(r["index"]) for r in records if has_value(r)])
+
+
+def read_outcome_header(stream: Any) -> dict[str, Any]:
+    """The header of an outcome file (``stream`` at its start, binary): nothing past
+    the header line is read.  ValueError when it is not one."""
+    magic = stream.readline(len(OUTCOME_MAGIC))
+    if magic != OUTCOME_MAGIC:
+        raise ValueError(f"not an htcml outcome file of this version (starts with "
+                         f"{magic[:40]!r})")
+    line = stream.readline(MAX_OUTCOME_HEADER)
+    if not line.endswith(b"\n"):
+        raise ValueError("the outcome file's header is truncated or too long")
+    header = json.loads(line)
+    if not isinstance(header, dict) or not isinstance(header.get("ok", []), list):
+        raise ValueError("the outcome file's header is not a JSON object")
+    return header
+
+
+def ok_items(header: dict[str, Any]) -> set[int]:
+    """The items that have a value, from an outcome header."""
+    out: set[int] = set()
+    for run in header.get("ok", []):
+        start, stop = int(run[0]), int(run[1])
+        if stop - start > 1 << 31:
+            raise ValueError(f"an outcome header names an impossible run {run!r}")
+        out.update(range(start, stop))
+    return out
+
+
+def decode_outcome(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Header and records of an outcome file's bytes, values and exceptions as bytes
+    (not unpickled).  ValueError when the file is damaged."""
+    import io
+
+    stream = io.BytesIO(data)
+    header = read_outcome_header(stream)
+    start = stream.tell()
+    size, count = int(header["size"]), int(header["records"])
+    section = data[start:start + size]
+    if len(section) != size:
+        raise ValueError("the outcome file is truncated")
+    lines = json.loads(b"[" + section.rstrip(b"\n").replace(b"\n", b",") + b"]") \
+        if size else []
+    if not isinstance(lines, list) or len(lines) != count:
+        raise ValueError("the outcome file's records do not match its header")
+    raw = memoryview(data)[start + size:]
+    at = 0
+
+    def take(length: Any) -> bytes:
+        nonlocal at
+        if type(length) is not int or length < 0 or at + length > len(raw):
+            raise ValueError("the outcome file's value lengths do not match its bytes")
+        at += length
+        return bytes(raw[at - length:at])
+
+    lost = header.get("lost")
+    records = []
+    for line in lines:
+        if isinstance(line, list):
+            line = _short_record(line, lost)
+        if not isinstance(line, dict) or type(line.get("index")) is not int:
+            raise ValueError("an outcome record is not an object with an index")
+        if "value" in line:
+            line["value"] = take(line["value"])
+        error = line.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise ValueError("an outcome record's error is not an object")
+            if error.get("exception") is not None:
+                error["exception"] = take(error["exception"])
+        records.append(line)
+    return header, records
+
+
+def _short_record(line: list[Any], lost: Any) -> dict[str, Any]:
+    """The record of a short line (``[index, started, seconds, length]`` or ``[index]``)."""
+    if len(line) == 4 and all(_finite(x) for x in line[1:3]):
+        return {"index": line[0], "ok": True, "value": line[3], "started": line[1],
+                "seconds": line[2]}
+    if len(line) == 1 and isinstance(lost, dict) and type(line[0]) is int:
+        return lost_record(line[0], str(lost.get("note", "")), str(lost.get("host", "")),
+                           str(lost.get("python", "")))
+    raise ValueError(f"an outcome record line has the wrong form: {line[:4]!r}")

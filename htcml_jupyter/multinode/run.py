@@ -9,7 +9,6 @@ the files they wrote through chirp into the run's folder.
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,9 @@ from typing import Any
 from ..engine.errors import HTCMLError, RemoteError, WaitTimeout
 from ..engine.mapping import Map
 from ..engine.state import ItemState, TaskPhase, TaskStatus
-from ..jobside.runner import read_header
 from ..jobside.torchrun_launch import RANK_STOPPED
 from ..jobside.torchrun_relay import contact_name, node_name
-from ..jobside.wire import JOB_LOST
+from ..jobside.wire import JOB_LOST, decode_outcome
 from .submit import RunShape
 
 
@@ -159,11 +157,8 @@ class TorchrunRun:
 
     def _records(self, task: int) -> list[dict[str, Any]]:
         try:
-            with self.map.store.output_file(task).open("rb") as f:
-                read_header(f)
-                records: list[dict[str, Any]] = pickle.loads(f.read())
-            return records
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+            return decode_outcome(self.map.store.output_file(task).read_bytes())[1]
+        except (OSError, ValueError, TypeError, KeyError):
             return []
 
     def ranks(self) -> list[RankInfo]:

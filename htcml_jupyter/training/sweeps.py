@@ -32,6 +32,8 @@ from .trials import Mode, TrialRow, TrialStatus, rank_trials
 
 #: Seconds between two looks of a sweep's early-abort watcher at the reports.
 WATCH_INTERVAL = 1.0
+#: The sweep's early-abort policy, cloudpickled, in its folder.
+POLICY_FILE = "policy.pkl"
 
 
 # --------------------------------------------------------------------------- spaces
@@ -132,30 +134,45 @@ class Sweep(Map):
         self.params: list[dict[str, Any]] = info.get("params", [])
         self.metric: str | None = info.get("metric")
         self.mode: Mode = info.get("mode", "min")
-        self.policy: Policy | None = None
-        policy_file = store.path / "policy.pkl"
-        if policy_file.exists():
-            self.policy = cloudpickle.loads(policy_file.read_bytes())
+        self._policy: Policy | None = None
+        self._policy_read = False
         self.watch_errors: list[str] = []
         self._results: dict[int, Any] = {}
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        if watch and self.policy is not None:
+        if watch and (store.path / POLICY_FILE).exists():
             self.watch()
+
+    @property
+    def policy(self) -> Policy | None:
+        """The early-abort policy (unpickled from the sweep's folder on first use: only
+        a process that applies it reads it, never one that only shows progress)."""
+        if not self._policy_read:
+            policy_file = self.store.path / POLICY_FILE
+            if policy_file.exists():  # root's own file only (store.read_own)
+                self._policy = cloudpickle.loads(self.store.read_own(POLICY_FILE))
+            self._policy_read = True
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy | None) -> None:
+        self._policy, self._policy_read = policy, True
 
     # ---------------------------------------------------------------- early abort
     def check_policy(self) -> list[int]:
-        """Apply the early-abort policy once; returns the trials it stopped."""
-        if self.policy is None:
-            return []
+        """Apply the early-abort policy once; returns the trials it stopped.  The policy
+        is unpickled only when a running trial has reported (never for a settled sweep)."""
         histories = self.all_reports()
         states = self.item_states()
         aborted = self.aborted
+        running = [trial for trial in histories
+                   if states[trial] is ItemState.RUNNING and trial not in aborted]
+        policy = self.policy if running else None
+        if policy is None:
+            return []
         stopped = []
-        for trial, history in histories.items():
-            if states[trial] is not ItemState.RUNNING or trial in aborted:
-                continue
-            reason = self.policy(trial, history, histories)
+        for trial in running:
+            reason = policy(trial, histories[trial], histories)
             if reason:
                 stopped += self.abort([trial], f"aborted early: {reason}")
         return stopped
@@ -327,7 +344,7 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
                    extra_meta={"sweep": {"params": params, "metric": metric, "mode": mode,
                                          "function": fn_name}})
     if policy_bytes is not None:
-        (m.store.path / "policy.pkl").write_bytes(policy_bytes)
+        m.store.write_file(POLICY_FILE, policy_bytes)  # no link in the folder followed
         if backend.kind == "condor" and watcher == "pool":
             submit_watcher(m.store, backend)  # the policy outlives this process
     m.close()

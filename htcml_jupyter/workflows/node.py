@@ -2,10 +2,11 @@
 pre|post <workflow folder> <stage>``.
 
 ``pre`` (before a later stage is queued) reads the results of the stage before and
-writes them as this stage's inputs; ``post`` (after its jobs left the queue) records
-whether every item succeeded, and exits 1 when not, which stops the workflow there.
-Both first record the stage's cluster in its map folder, read from the job event log,
-so ``htc.attach`` follows the stage's jobs like any map's.
+writes them as this stage's inputs, still pickled (the jobs of this stage unpickle them:
+nothing a job wrote is unpickled on the submit host); ``post`` (after its jobs left the
+queue) records whether every item succeeded, and exits 1 when not, which stops the
+workflow there.  Both first record the stage's cluster in its map folder, read from the
+job event log, so ``htc.attach`` follows the stage's jobs like any map's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..engine.errors import HTCMLError
 from ..engine.mapping import Map
 from ..engine.state import ItemState
 from ..engine.store import MapStore
+from ..jobside.calls import Pickled
 from .stages import stage_inputs
 from .watch import pool_backend
 
@@ -90,10 +93,17 @@ def pre(folder: Path, index: int) -> int:
     """Write stage ``index``'s inputs from the results of the stage before it."""
     stages = read_workflow(folder)["stages"]
     before = stage_map(folder, index - 1)
-    results = before.results(errors="return", timeout=120)
+    if not before.wait(timeout=120):
+        print(f"stage {index - 1} is not finished after 120 s", file=sys.stderr)
+        return 1
     failed = [i for i, s in enumerate(before.item_states()) if s is not ItemState.DONE]
     if failed:
         print(f"stage {index - 1} has items without a result: {failed}", file=sys.stderr)
+        return 1
+    try:
+        results = [Pickled(before.result_bytes(i)) for i in range(before.n_items)]
+    except HTCMLError as exc:
+        print(f"stage {index - 1}: {exc}", file=sys.stderr)
         return 1
     store = MapStore(folder.parent / stages[index]["map"])
     stage_inputs(stages[index]["over"], results, store)

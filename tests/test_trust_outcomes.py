@@ -1,0 +1,115 @@
+"""What a job writes is data until the user asks for its values.
+
+A hostile execute node can replace any file a job sends back.  Reading a map's state
+(``status()``, ``list_maps()``, ``attach()``, the panel's data, the sidebar server's
+listing) must never run a pickle from such a file; only the calls that return values
+(``results()``, ``result()``, ``as_completed()``, ``iter_results()``) unpickle them.
+Checked on the real pool, with a file that a pickle creates when it is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import htcml_jupyter as htc
+from htcml_jupyter.engine.reports import ReportBook
+from htcml_jupyter.engine.store import MapStore
+from htcml_jupyter.jobside import wire
+from htcml_jupyter.server.catalog import MapCatalog
+from htcml_jupyter.views.progress import snapshot
+from tests import helpers
+
+
+class _Planted:
+    """Loading its pickle runs a shell command that creates ``flag``."""
+
+    def __init__(self, flag: Path):
+        self.flag = flag
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {shlex.quote(str(self.flag))}",))
+
+
+def _plant(store: MapStore, flag: Path) -> None:
+    """Replace the outcomes of jobs 0-2 and add a policy, as a hostile node would."""
+    hostile = pickle.dumps(_Planted(flag))
+    header = {"python": "3", "host": "evil"}
+    # job 0: the earlier format, a header and then one pickle of every record
+    store.output_file(0).write_bytes(
+        wire.MAGIC + b'{"python": "3"}\n' + hostile)
+    # job 1: "succeeded", its value a pickle that runs the command
+    store.output_file(1).write_bytes(wire.encode_outcome(
+        header, [{"index": 1, "ok": True, "value": hostile, "started": 0, "seconds": 0}]))
+    # job 2: "failed", its pickled exception runs the command
+    error = {"type": "builtins.ValueError", "message": "no", "traceback": "", "host": "evil",
+             "python": "3", "exception": hostile}
+    store.output_file(2).write_bytes(wire.encode_outcome(
+        header, [{"index": 2, "ok": False, "error": error, "started": 0, "seconds": 0}]))
+    (store.path / "policy.pkl").write_bytes(hostile)
+
+
+@pytest.mark.pool
+def test_reading_state_never_unpickles_what_jobs_wrote(pool_env: str,
+                                                       map_root: Path) -> None:
+    flag = map_root / "planted-pickle-ran"
+    m = htc.map(helpers.square, range(6), chunksize=1, root=map_root)
+    s = htc.sweep(helpers.square, grid={"x": [1, 2]}, root=map_root)
+    assert m.results(timeout=120) == [0, 1, 4, 9, 16, 25]
+    assert s.results(timeout=120) == [1, 4]
+    m.close()
+    s.close()
+    for store in (m.store, s.store):
+        _plant(store, flag)
+
+    for name in (m.name, s.name):
+        assert htc.attach(name, root=map_root).status()["done"] >= 1
+        observed = htc.attach(name, root=map_root, watch=False)
+        counts = observed.status()
+        observed.item_states()
+        panel = snapshot(observed)  # what the panel draws, failed items' errors included
+        observed.close()
+        assert not flag.exists(), f"reading the state of {name} ran a job's pickle"
+    assert {i.name for i in htc.list_maps(map_root)} >= {m.name, s.name}
+    catalog = MapCatalog(map_root)
+    try:
+        rows = catalog.summaries()  # the JupyterLab sidebar's listing
+    finally:
+        catalog.close()
+    time.sleep(1.5)  # a sweep's watcher thread would have looked at its policy by now
+    assert not flag.exists(), "listing maps, or a sweep's watcher, ran a job's pickle"
+    assert {r.name for r in rows} >= {m.name, s.name}
+    # the sweep: trial 0's outcome is the earlier format (not read), trial 1 "succeeded"
+    assert counts == {"idle": 0, "running": 0, "done": 1, "failed": 1, "held": 0,
+                      "removed": 0}
+    assert [p.item for p in panel.problems] == [0]
+    again = htc.attach(m.name, root=map_root, watch=False)
+    assert again.status() == {"idle": 0, "running": 0, "done": 4, "failed": 2, "held": 0,
+                              "removed": 0}
+    assert "earlier, pickled format" in str(again.error(0))
+    assert again.errors[2].message == "no" and not flag.exists()  # not unpickled either
+
+    # Honest files still give their values; asking for a planted value is what runs it.
+    assert [again.result(i) for i in (3, 4, 5)] == [9, 16, 25]
+    assert not flag.exists()
+    again.result(1)
+    assert flag.exists(), "the planted value was never unpickled: the test proves nothing"
+    again.close()
+
+
+def test_reports_of_the_wrong_shape_are_skipped() -> None:
+    book = ReportBook()
+    book.add([{"i": 0, "m": {"loss": 0.5}, "s": 1},
+              "text", {"i": "x", "m": {}}, {"i": 1, "m": ["no"]}, {"i": True, "m": {}},  # type: ignore[list-item]
+              {"i": 2, "m": {"loss": "high", "acc": 0.9}, "s": "one"},
+              {"i": 3, "saved": {"a": 1}}], default_item=None, evictions=0)
+    book.add("not a list", default_item=0, evictions=0)  # type: ignore[arg-type]
+    assert book.metrics == {0: [{"step": 1, "time": None, "loss": 0.5}],
+                            2: [{"step": None, "time": None, "acc": 0.9}]}
+    assert book.checkpoint_notes == {3: {"saved": None, "restored": []}}
