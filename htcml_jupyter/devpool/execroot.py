@@ -217,3 +217,34 @@ def load_image(archive: Path, roots: list[str]) -> str:
                             f"{proc.stderr[-2000:]}")
         out = proc.stdout
     return out
+
+
+def has_image(root: str, reference: str) -> bool:
+    """Whether podman in the execute root ``root`` holds the image ``reference``."""
+    proc = subprocess.run(["chroot", root, "podman", "image", "exists", reference],
+                          capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return proc.returncode == 0
+
+
+def ensure_image(archive: Path, reference: str, roots: list[str]) -> list[str]:
+    """Load ``archive`` into the execute roots whose podman lacks ``reference``.
+
+    Parameters
+    ----------
+    archive
+        The image archive.
+    reference
+        The name it loads as, ``localhost/NAME:TAG``.
+    roots
+        Execute roots with podman.
+
+    Returns
+    -------
+    list of str
+        The roots it was loaded into now.
+    """
+    missing = [r for r in roots if not has_image(r, reference)]
+    if missing:
+        load_image(archive, missing)
+    return missing
+
