@@ -62,6 +62,8 @@ def _env(args: argparse.Namespace) -> int:
         size_text,
     )
 
+    if args.action == "image":
+        return _env_image(args)
     started = time.monotonic()
     tty = sys.stderr.isatty()
     shown = [-1]
@@ -92,6 +94,41 @@ def _env(args: argparse.Namespace) -> int:
     print(f"time:    {time.monotonic() - started:.1f} s, {how}")
     print(f"use it:  htc.map(fn, items, environment={str(path.resolve())!r}), or upload "
           f"it and pass its https:// or osdf:// URL")
+    return 0
+
+
+def _env_image(args: argparse.Namespace) -> int:
+    """``htcml env image NAME``: an image of the job environment, loadable by podman."""
+    from .environment.image import ImageError, build_image
+
+    if not args.name:
+        print("htcml env image: name the image, e.g. `htcml env image my-env:v1`",
+              file=sys.stderr)
+        return 2
+    try:
+        built = build_image(args.name, base=Path(args.base).expanduser() if args.base else None,
+                            output=Path(args.output).expanduser() if args.output else None,
+                            say=lambda text: print(text, file=sys.stderr, flush=True))
+    except ImageError as exc:
+        print(f"htcml: {exc}", file=sys.stderr)
+        return 2
+    print(f"image:   {built.path} ({built.size / 1e6:.0f} MB, {built.layers} layers, "
+          f"{built.seconds:.1f} s)")
+    print(f"name:    {built.reference}, Python {built.python}, over {built.base}")
+    if args.load:
+        from .devpool.execroot import load_image
+
+        state = devpool.running_state(isolated=True)
+        if state is None:
+            print("htcml: --load needs the isolated pool (htcml pool up --isolated)",
+                  file=sys.stderr)
+            return 2
+        load_image(built.path, [r for n, r in state.roots.items() if n != "submit"])
+        print("loaded into the isolated pool's execute nodes")
+    else:
+        print(f"load:    podman load -i {built.path}  (or docker load -i ...)")
+    print(f"sif:     {built.apptainer_command()}")
+    print(f"use it:  htc.map(fn, items, container_image={built.container_image!r})")
     return 0
 
 
@@ -168,11 +205,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="execute nodes of the isolated pool (default: as many as run "
                            "now, at least 1)")
     pool.set_defaults(func=_pool)
-    env = sub.add_parser("env", help="pack this Python and its packages for the jobs")
-    env.add_argument("action", choices=["pack"])
+    env = sub.add_parser("env", help="pack this Python and its packages for the jobs, or "
+                                     "build a container image of them (env image NAME)")
+    env.add_argument("action", choices=["pack", "image"])
+    env.add_argument("name", nargs="?", default=None,
+                     help="env image: the image's NAME[:TAG] (loads as localhost/NAME:TAG)")
+    env.add_argument("--base", default=None,
+                     help="env image: the image to build on (a `podman save` archive, or a "
+                          "root filesystem tarball with glibc); default a Debian 12 minbase "
+                          "root made here (needs root)")
+    env.add_argument("--load", action="store_true",
+                     help="env image: load it into the isolated pool's execute nodes (root)")
     env.add_argument("--output", default=None,
                      help="also put the archive here (a .tar.gz path; default: only the "
-                          "cache, $HTCML_HOME/envs)")
+                          "cache, $HTCML_HOME/envs); env image: the image tarball "
+                          "(default $HTCML_HOME/images/NAME_TAG.tar)")
     env.add_argument("--exclude", action="append", default=[], metavar="NAME",
                      help="leave out a package the jobs never use (repeatable), e.g. "
                           "--exclude playwright --exclude jupyterlab")
