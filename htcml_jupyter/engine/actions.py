@@ -15,7 +15,7 @@ from .chunking import auto_chunksize
 from .options import SubmitOptions
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
-from .submission import read_arguments, submit_tasks, write_tasks
+from .submission import read_arguments, submission_lock, submit_tasks, write_tasks
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
@@ -112,16 +112,35 @@ class MapActions:
     def retry(self, items: Iterable[int] | None = None) -> list[int]:
         """Run failed, held and removed items again as new jobs; returns their indexes.
 
-        Held jobs are removed first.  ``items`` restricts the retry to those items.
+        Held jobs are removed first.  ``items`` restricts the retry to those items.  One
+        retry at a time (in any process: the map's submission lock): a retry that
+        waited for another sees the jobs it queued and does not queue them again.
         """
-        states = self.item_states()
         wanted = set(range(self.n_items)) if items is None else set(items)
         for i in wanted:
             self._check_index(i)
-        again = sorted(i for i in wanted
-                       if states[i] in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
-        if not again:
-            return []
+        with submission_lock(self.store):
+            self._load_new_tasks()  # what a retry in another process queued meanwhile
+            states = self.item_states()
+            again = sorted(i for i in wanted if states[i] in (
+                ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
+            if again:
+                self._resubmit(again, states)
+        return again
+
+    def _load_new_tasks(self) -> None:
+        """Follow the jobs that another process recorded in the map's folder."""
+        with self._lock:
+            for task, task_items in self.store.tasks():
+                if task not in self._table.tasks:
+                    self._table.add_task(task, task_items)
+            for task, reason in self.store.unsubmitted().items():
+                status = self._table.tasks.get(task)
+                if status is not None and status.phase is TaskPhase.IDLE:
+                    self._table.apply(TaskEvent(task, EventKind.REMOVED, time.time(),
+                                                {"reason": reason}))
+
+    def _resubmit(self, again: list[int], states: list[ItemState]) -> None:
         with self._lock:
             held = [self._status_of(i).job_id for i in again if states[i] is ItemState.HELD]
         held_ids = [j for j in dict.fromkeys(held) if j]
@@ -146,7 +165,6 @@ class MapActions:
                     self._table.apply(TaskEvent(task, EventKind.REMOVED, time.time(),
                                                 {"reason": reason}))
             raise
-        return again
 
     def _chunksize_for(self, n: int) -> int:
         size = self.meta.get("chunksize", 1)

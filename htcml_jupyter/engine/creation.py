@@ -18,7 +18,7 @@ from .mapping import Chunksize, Map
 from .options import OptionError, SubmitOptions
 from .payload import code_locations, dump_function
 from .store import MapStore, new_map_name
-from .submission import submit_tasks, write_task_stream
+from .submission import submission_lock, submit_tasks, write_task_stream
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
@@ -100,12 +100,13 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
             dump_function(function, kwargs, store.function_file, setup=setup,
                           batch_size=batch_size)
     try:
-        tasks = write_task_stream(store, enumerate(chain(head, iterator)), size,
-                                  first_task=0, shared_files=shared)
-        n_items = sum(len(items) for _, items in tasks)
-        if n_items != meta["n_items"]:
-            store.write_meta({**meta, "n_items": n_items})
-        submit_tasks(store, backend, tasks, submit_options, name)
+        with submission_lock(store):  # a retry from elsewhere waits for the first jobs
+            tasks = write_task_stream(store, enumerate(chain(head, iterator)), size,
+                                      first_task=0, shared_files=shared)
+            n_items = sum(len(items) for _, items in tasks)
+            if n_items != meta["n_items"]:
+                store.write_meta({**meta, "n_items": n_items})
+            submit_tasks(store, backend, tasks, submit_options, name)
     except BaseException:
         shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
         raise

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,24 @@ if TYPE_CHECKING:
     from ..backends.protocol import Backend
 
 Tasks = list[tuple[int, Sequence[int]]]
+
+#: The lock file in a map's folder held while its jobs are numbered, written and queued.
+SUBMIT_LOCK = "submit.lock"
+
+
+@contextmanager
+def submission_lock(store: MapStore) -> Iterator[None]:
+    """Hold the map's submission lock: one thread or process at a time numbers, writes
+    and queues the map's jobs (two retries at once, from the sidebar and the notebook,
+    give one set of new jobs).  An ``fcntl.flock`` on ``submit.lock`` in the map's
+    folder, so it holds across processes and is freed when a process dies."""
+    fd = os.open(store.path / SUBMIT_LOCK,
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the file frees the lock
 
 
 def write_tasks(store: MapStore, arguments: Mapping[int, Any], items: list[int], size: int,
