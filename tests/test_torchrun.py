@@ -119,6 +119,48 @@ def test_shape_is_checked() -> None:
     assert args[args.index("--nodes") + 1] == "3" and args[args.index("--procs") + 1] == "2"
 
 
+#: A torchrun worker that lists the TCP sockets listening on its rendezvous store's
+#: port and on MASTER_PORT, as ``[address in hex, port]`` (from /proc/net/tcp*).
+_LISTENERS = """
+import json, os, sys
+wanted = {int(os.environ["MASTER_PORT"]), int(sys.argv[2])}
+found = []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port = local.rsplit(":", 1)
+        if state == "0A" and int(port, 16) in wanted:
+            found.append([address, int(port, 16)])
+open(sys.argv[1], "w").write(json.dumps(found))
+"""
+
+
+def test_c10d_stores_listen_on_the_node_address_only(tmp_path: Path) -> None:
+    """torch's TCPStore listens on every interface and torchrun has no option against
+    it; the launcher hands each store server a socket bound to the node's address."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from htcml_jupyter.jobside import torchrun_relay
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(_LISTENERS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "listeners.json"
+    subprocess.run([sys.executable, torchrun_relay.__file__, "127.0.0.1", "--nnodes=1",
+                    "--nproc-per-node=1", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-conf=is_host=1",
+                    "--local-addr=127.0.0.1", "--max-restarts=0", str(worker), str(out),
+                    str(port)], check=True, timeout=120, capture_output=True)
+    listeners = json.loads(out.read_text())
+    assert port in {p for _, p in listeners} and len(listeners) == 2, listeners
+    assert all(address == "0100007F" for address, _ in listeners), listeners
+
+
 def test_local_processes_are_refused(tmp_path: Path) -> None:
     with pytest.raises((OptionError, PoolUnavailable), match=r"local|HTCondor pool"):
         htc.torchrun(ddp_train, nodes=2, pool="local", root=tmp_path)

@@ -48,8 +48,10 @@ if __package__:  # imported from the installed package
         Relay,
         abort_name,
         contact_name,
+        endpoint,
         free_port,
         gpu_info,
+        node_address,
         node_name,
         read_ad,
         restart_name,
@@ -62,8 +64,10 @@ else:  # run as a script in the job's folder, next to runner.py and wire.py
         Relay,
         abort_name,
         contact_name,
+        endpoint,
         free_port,
         gpu_info,
+        node_address,
         node_name,
         read_ad,
         restart_name,
@@ -115,6 +119,7 @@ class Node:
         self.node = self.items[0] // procs
         self.cluster = int(read_ad(os.environ.get("_CONDOR_JOB_AD")).get("ClusterId", "0"))
         self.host = socket.gethostname()
+        self.address = node_address()  # where this node's c10d stores listen, alone
         self.relay = Relay()
         self.nonce = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -182,7 +187,7 @@ class Node:
     def contact(self, used: set[str]) -> dict[str, Any]:
         """Node 0 publishes a new contact; the others wait for one not used before."""
         if self.node == 0:
-            mine: dict[str, Any] = {"host": self.host, "port": free_port(),
+            mine: dict[str, Any] = {"host": self.address, "port": free_port(self.address),
                                     "nonce": secrets.token_hex(4), "time": time.time()}
             self.relay.put(contact_name(self.cluster), mine)
             return mine
@@ -204,14 +209,15 @@ class Node:
 
     # torchrun ----------------------------------------------------------------------
     def torchrun(self, found: dict[str, Any]) -> int:
+        relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchrun_relay.py")
         command = [
-            sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nodes}",
+            sys.executable, relay, self.address, f"--nnodes={self.nodes}",
             f"--nproc-per-node={self.procs}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={found['host']}:{found['port']}",
+            f"--rdzv-endpoint={endpoint(str(found['host']), int(found['port']))}",
             f"--rdzv-id={self.cluster}-{found['nonce']}",
             f"--rdzv-conf=is_host={1 if self.node == 0 else 0},"
             f"join_timeout={int(self.join_timeout)}",
-            f"--local-addr={self.host}", "--max-restarts=0",
+            f"--local-addr={self.address}", "--max-restarts=0",
             os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchrun_worker.py"),
             str(self.node), str(self.procs), self.function_file, self.input_file]
         self.proc = subprocess.Popen(command, start_new_session=True)

@@ -107,11 +107,77 @@ class Relay:
                 os.unlink(local)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
+def node_address() -> str:
+    """The address other nodes reach this one at: the IP address HTCondor itself uses
+    for this machine (the machine ad's ``MyAddress``), else the host name's address."""
+    sinful = read_ad(os.environ.get("_CONDOR_MACHINE_AD")).get("MyAddress", "")
+    host = sinful.strip("<>").split("?", 1)[0].rsplit(":", 1)[0].strip("[]")
+    if host:
+        return host
+    try:
+        return str(socket.getaddrinfo(socket.gethostname(), None)[0][4][0])
+    except OSError:
+        return socket.gethostname()
+
+
+def endpoint(address: str, port: int) -> str:
+    """``address:port``, an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _listener(address: str, port: int) -> tuple[int, int]:
+    """A socket listening on ``address:port`` only (a free port for 0); returns its
+    descriptor, which the caller owns, and its port."""
+    family, kind, proto, _, where = socket.getaddrinfo(address, port,
+                                                       type=socket.SOCK_STREAM)[0]
+    s = socket.socket(family, kind, proto)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(where)
+    s.listen(1024)
+    bound = int(s.getsockname()[1])
+    return s.detach(), bound
+
+
+def free_port(address: str = "") -> int:
+    """A port free on ``address`` (every interface when empty)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def run_torchrun_bound(address: str, argv: list[str]) -> None:
+    """Run torchrun (``torch.distributed.run``) with ``argv`` so that every c10d store
+    server it starts (the rendezvous store, the workers' shared store) listens on
+    ``address`` alone rather than on every interface, which torch's ``TCPStore`` does
+    and torchrun has no option against: each gets a socket already bound there
+    (``master_listen_fd``; port 0 is a free port of ``address``)."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend
+    from torch.distributed.run import main
+
+    original = dist.TCPStore
+
+    class BoundTCPStore(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("is_master") and kwargs.get("master_listen_fd") is None:
+                port = int(kwargs.get("port", args[1] if len(args) > 1 else 0) or 0)
+                kwargs["master_listen_fd"], port = _listener(address, port)
+                if len(args) > 1:
+                    args = (args[0], port, *args[2:])
+                else:
+                    kwargs["port"] = port
+            super().__init__(*args, **kwargs)
+
+    dist.TCPStore = BoundTCPStore  # type: ignore[misc]
+    c10d_rendezvous_backend.TCPStore = BoundTCPStore  # type: ignore[misc]
+    main(argv)
+
+
+if __name__ == "__main__":  # python torchrun_relay.py ADDRESS [torchrun's arguments]
+    import sys
+
+    run_torchrun_bound(sys.argv[1], sys.argv[2:])
 
 
 def gpu_info() -> dict[str, Any]:
