@@ -47,6 +47,8 @@ CASES: dict[str, dict[str, Any]] = {
                                       "periodic_release": "NumJobStarts < 3",
                                       "job_max_vacate_time": "30"}},
     "input_files": {"input_files": ["<ROOT>/data.csv", "osdf:///ospool/ap40/data/big.tar"]},
+    # no chirp: no +WantIOProxy, so the job cannot reach the submit host's files
+    "no_chirp": {"chirp": False},
 }
 
 

@@ -113,3 +113,62 @@ def test_reports_of_the_wrong_shape_are_skipped() -> None:
     assert book.metrics == {0: [{"step": 1, "time": None, "loss": 0.5}],
                             2: [{"step": None, "time": None, "acc": 0.9}]}
     assert book.checkpoint_notes == {3: {"saved": None, "restored": []}}
+
+
+def reports_twice(x: int) -> int:
+    import htcml_jupyter
+
+    htcml_jupyter.report(step=0, loss=1.0)
+    htcml_jupyter.report(step=1, loss=0.5)
+    return x * 2
+
+
+def _want_io_proxy(pool: str, cluster: int) -> list[Any]:
+    from htcml_jupyter.backends.bindings import pool_config
+
+    with pool_config(pool) as htcondor2:
+        schedd = htcondor2.Schedd()
+        ads = schedd.query(constraint=f"ClusterId == {cluster}", projection=["WantIOProxy"])
+        if not ads:
+            ads = list(schedd.history(constraint=f"ClusterId == {cluster}",
+                                      projection=["WantIOProxy", "ClusterId"], match=10))
+    assert ads, f"no job ads for cluster {cluster}"
+    return [ad.get("WantIOProxy") for ad in ads]
+
+
+@pytest.mark.pool
+def test_chirp_false_jobs_have_no_io_proxy_and_skip_reports(pool_env: str,
+                                                            map_root: Path) -> None:
+    quiet = htc.map(reports_twice, range(3), chunksize=3, root=map_root, chirp=False)
+    told = htc.map(reports_twice, range(3), chunksize=3, root=map_root)
+    assert quiet.results(timeout=120) == [0, 2, 4]
+    assert told.results(timeout=120) == [0, 2, 4]
+    assert _want_io_proxy(pool_env, quiet.clusters[0]) == [None]
+    assert _want_io_proxy(pool_env, told.clusters[0]) == [True]
+    assert quiet.all_reports() == {}
+    helpers.wait_until(lambda: len(told.all_reports()) == 3, timeout=30,
+                       message="the jobs with chirp should have reported")
+    stderr = "".join(quiet.stderr(i) for i in range(3))
+    assert stderr.count("chirp=False") == 1, stderr  # one warning for the whole job
+    assert htc.attach(quiet.name, root=map_root).options.chirp is False
+
+
+def test_torchrun_needs_chirp(map_root: Path) -> None:
+    with pytest.raises(htc.OptionError, match="chirp=False"):
+        htc.torchrun(reports_twice, nodes=2, root=map_root, chirp=False)
+    assert not list(map_root.iterdir())  # nothing was made
+
+
+@pytest.mark.pool
+def test_the_cell_magic_takes_no_chirp(pool_env: str, ip: Any, map_root: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_HOME", str(map_root))
+    (map_root / "maps").mkdir()
+    (map_root / "maps").chmod(0o755)
+    ip.user_ns["xs"] = [1, 2]
+    ip.run_cell_magic("htc_map", "--over xs --no-chirp -o quiet --no-panel",
+                      "def doubled(x):\n    return 2 * x\n")
+    m = ip.user_ns.pop("quiet")
+    assert m.options.chirp is False
+    assert m.results(timeout=120) == [2, 4]
+    assert _want_io_proxy(pool_env, m.clusters[0]) == [None] * len(m.tasks())

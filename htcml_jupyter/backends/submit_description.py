@@ -110,8 +110,9 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "My.HtcmlMap": f'"{store.name}"',
         "My.HtcmlTask": "$(task)",
         **({"My.HtcmlSubmission": f'"{token}"'} if token else {}),
-        # live reports (htcml_jupyter.report) go through chirp to the event log
-        "My.WantIOProxy": "true",
+        # live reports (htcml_jupyter.report) go through chirp to the event log; chirp
+        # also lets the job read and write the user's files here (chirp=False: off)
+        **({"My.WantIOProxy": "true"} if options.chirp else {}),
         # self-checkpointing (htcml_jupyter.checkpoint): exit 85 spools the folder
         "checkpoint_exit_code": str(wire.EXIT_CHECKPOINT),
         "transfer_checkpoint_files": wire.CHECKPOINT_DIR,

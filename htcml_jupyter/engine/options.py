@@ -240,6 +240,10 @@ OPTIONS: dict[str, OptionSpec] = {
     "python": OptionSpec(_text, None,
                          "interpreter on the execute node (default: this one's path, or "
                          "python3 in a container)"),
+    "chirp": OptionSpec(_flag, True,
+                        "let jobs talk to the submit host through chirp (+WantIOProxy): "
+                        "report(), checkpoint notes, torchrun's relay; False turns it off, "
+                        "so a job cannot read or write your files there"),
     "submit_extra": OptionSpec(_extra, {}, "other submit commands, passed through as given"),
 }
 
@@ -285,6 +289,7 @@ class SubmitOptions:
     output_destination: str | None = None
     environment: str = OPTIONS["environment"].default
     python: str | None = None
+    chirp: bool = OPTIONS["chirp"].default
     submit_extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -66,6 +66,22 @@ class CheckpointExit(SystemExit):
 # --------------------------------------------------------------------------- reports
 
 
+def _chirp_allowed() -> bool:
+    """Whether this job may use chirp: its job ad says ``WantIOProxy = true`` (HTCondor
+    writes a chirp configuration for every job, but serves only those)."""
+    if not os.environ.get("_CONDOR_CHIRP_CONFIG"):
+        return False
+    try:
+        with open(os.environ.get("_CONDOR_JOB_AD", "")) as ad:
+            for line in ad:
+                key, _, value = line.partition("=")
+                if key.strip().lower() == "wantioproxy":
+                    return value.strip().lower() == "true"
+    except OSError:
+        return True  # no job ad to read: try chirp, as before
+    return False
+
+
 class _Reporter:
     """Buffers reports and sends them from a background thread."""
 
@@ -73,13 +89,25 @@ class _Reporter:
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.local: list[dict[str, Any]] = []
         self.file = os.environ.get(METRICS_FILE_ENV)
-        self.chirp_ok = bool(os.environ.get("_CONDOR_CHIRP_CONFIG")) and not self.file
+        self.chirp_ok = _chirp_allowed() and not self.file
+        # In an HTCondor job without chirp (a map made with chirp=False) reports have
+        # nowhere to go: they are dropped, with one warning.
+        self.dropped = bool(os.environ.get("_CONDOR_JOB_AD")) and not (
+            self.file or self.chirp_ok)
+        self.warned = False
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.sent = 0
         self.errors = 0
 
     def put(self, record: dict[str, Any]) -> None:
+        if self.dropped:
+            if not self.warned:
+                self.warned = True
+                print("htcml: this job has no chirp (the map was made with chirp=False): "
+                      "report() and checkpoint notes are not sent to the notebook",
+                      file=sys.stderr, flush=True)
+            return
         if not (self.file or self.chirp_ok):
             self.local.append(record)
             return

@@ -81,6 +81,10 @@ def torchrun(
         kwargs = {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise OptionError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")
+    if options.get("chirp") is False:
+        raise OptionError("htc.torchrun cannot run with chirp=False: its nodes find each "
+                          "other through chirp (the relay files in the run's folder); "
+                          "leave chirp on")
     backend = resolve_backend(pool, "condor")
     if not isinstance(backend, CondorBackend):
         raise OptionError("htc.torchrun needs an HTCondor pool (its nodes meet through "

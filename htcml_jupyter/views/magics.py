@@ -107,6 +107,9 @@ class HTCMagics(Magics):
               help="list of paths or URLs sent to every job's working folder")
     @argument("--retries", type=int, help="reruns of a job that crashes")
     @argument("--max-idle", type=int, help="how many jobs may wait in the queue at once")
+    @argument("--no-chirp", action="store_true",
+              help="no chirp for the jobs: no live reports, and no access to your files "
+                   "on the submit host (chirp=False)")
     @argument("--environment", metavar="HOW",
               help="how jobs get Python and packages: auto, pack, shared, or the path or "
                    "URL of an archive from `htcml env pack`")
@@ -201,6 +204,8 @@ class HTCMagics(Magics):
                  "output_destination": getattr(args, "output_destination", None),
                  "input_files": resolve_expression(args.files, self._ns) if args.files else None}
         options.update({k: v for k, v in flags.items() if v is not None})
+        if getattr(args, "no_chirp", False):
+            options["chirp"] = False
         return options
 
     def _map(self, function: Callable[..., Any], inputs: Any, kwargs: Any, args: Any) -> Any:
