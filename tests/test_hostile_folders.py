@@ -200,3 +200,35 @@ def test_sidebar_actions_on_bad_maps_answer_clearly(corpus: tuple[Path, dict[str
         assert status in (200, 400, 404, 409, 502), (name, reply)
         assert seconds < 1.0, (name, seconds)
         assert not marker.exists(), name
+
+
+def test_output_files_named_by_a_job_stay_in_the_map_folder(tmp_path: Path) -> None:
+    """A job reports the names of the files it wrote; names that climb out of the map
+    folder (``..``, absolute, or through a link) are refused, never handed back."""
+    from htcml_jupyter.engine.folder_files import UnsafeEntry
+
+    m = htc.map(helpers.square, range(3), root=tmp_path, backend="local", chunksize=3)
+    assert m.wait(timeout=120)
+    outcome = m.store.output_file(0)
+    header, records = wire.decode_outcome(outcome.read_bytes())
+    names = {0: ["../../../etc/passwd"], 1: ["/etc/passwd"], 2: ["out/x.txt"]}
+    for record in records:
+        record["files"], record["call"] = names[record["index"]], record["index"]
+    outcome.write_bytes(wire.encode_outcome(header, records))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.txt").write_text("outside")
+    folder = m.store.files_folder(0) / "2"
+    folder.mkdir(parents=True)
+    (folder / "out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    again = htc.attach(m.name, root=tmp_path)
+    try:
+        for item, why in ((0, "outside its folder"), (1, "outside its folder"),
+                          (2, "through a link")):
+            with pytest.raises(UnsafeEntry, match=why):
+                again.output_files(item)
+        (folder / "out").unlink()
+        (folder / "out").mkdir()
+        assert again.output_files(2) == [folder / "out" / "x.txt"]
+    finally:
+        again.close()
+        m.close()

@@ -172,7 +172,8 @@ def inside(folder: Path, *names: str) -> Path:
     leads out.  Raises :class:`UnsafeEntry` otherwise."""
     rel = "/".join(str(n) for n in names)
     parts = rel.split("/")
-    if rel.startswith("/") or "\0" in rel or any(p in ("..",) for p in parts) or not rel:
+    if any(str(n).startswith("/") or not str(n) for n in names) or "\0" in rel \
+            or ".." in parts:
         raise _unsafe(folder, rel, "leads outside its folder (a job reported that name)")
     path = folder.joinpath(*[p for p in parts if p not in ("", ".")])
     real = os.path.realpath(path)
