@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -345,7 +346,9 @@ class _Backend:
 
 def test_job_launch_decides_once_per_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          packed: environment.PackedEnvironment,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="htcml_jupyter")
     asked: list[int] = []
 
     def domains(config: str | None) -> tuple[str, list[str]]:
@@ -363,7 +366,9 @@ def test_job_launch_decides_once_per_map(tmp_path: Path, monkeypatch: pytest.Mon
     assert record["kind"] == "pack" and record["size"] == packed.size
     assert Path(record["archive"]).samefile(packed.path)
     assert record["cached"] is False and record["pack_seconds"] >= 0
-    out = capsys.readouterr().err.splitlines()
+    assert capsys.readouterr().err == ""  # notes, not warnings: logged, never on stderr
+    out = [r.getMessage() for r in caplog.records
+           if r.name == "htcml_jupyter.environment"]
     assert out[0] == ("environment: pack (the execute machines' filesystem domain "
                       "exec.htcml differs from the submit side's submit.htcml)")
     assert out[1].startswith("environment: packed Python") and len(out) == 2

@@ -112,7 +112,7 @@ def test_quickstart_on_the_isolated_pool(isolated_notebook_dir: Path) -> None:
 
 def test_real_pools_tutorial(isolated_notebook_dir: Path) -> None:
     text = _outputs(_execute("06-real-pools.ipynb", isolated_notebook_dir))
-    assert "environment: pack (the execute machines' filesystem domain" in text
+    assert "pack - the execute machines' filesystem domain" in text
     assert "reused: True" in text
     assert "archive [(25," in text
     assert "VersionMismatch" in text and "3.11" in text and "3.13" in text

@@ -20,7 +20,7 @@ from ..engine.options import SubmitOptions, size_in_mb
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
 from .bindings import call_with_pool, daemon_restarted, pool_config
-from .condor_events import CondorEventReader, explain_hold
+from .condor_events import USAGE_PROJECTION, CondorEventReader, explain_hold, usage_from_ad
 from .resources import PoolResources, collector_resources
 from .submit_description import JobLaunch, submit_description
 
@@ -230,6 +230,20 @@ class CondorBackend:
     def vacate(self, store: MapStore, job_ids: list[str]) -> None:
         """Evict running jobs; they return to the queue (and resume from a checkpoint)."""
         self._act_on_jobs("Vacate", job_ids, "evicted by htcml_jupyter")
+
+    def job_usage(self, store: MapStore, job_ids: list[str]) -> dict[str, dict[str, float]]:
+        """What the map's running jobs used so far, from their job ads (one query)."""
+        if not job_ids:
+            return {}
+        clusters = sorted({int(j.split(".")[0]) for j in job_ids})
+        constraint = (f'HtcmlMap == "{store.name}" && ('
+                      + " || ".join(f"ClusterId == {c}" for c in clusters) + ")")
+        ads = self._with_schedd(lambda _h, schedd: schedd.query(
+            constraint=constraint, projection=USAGE_PROJECTION), "asking the queue for usage")
+        wanted = set(job_ids)
+        now = time.time()
+        return {job: usage_from_ad(ad, now) for ad in ads
+                if (job := f"{ad['ClusterId']}.{ad['ProcId']}") in wanted}
 
     def queue_check(self, store: MapStore, table: TaskTable) -> list[TaskEvent]:
         """What the queue knows of the map's unsettled jobs and the log does not say.

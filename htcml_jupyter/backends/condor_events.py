@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from ..engine.state import EventKind, TaskEvent
@@ -53,9 +54,108 @@ def _detail(kind: EventKind, event: Any) -> dict[str, Any]:
             detail["exit_code"] = int(event.get("ReturnValue", 0))
         else:
             detail["exit_code"] = -int(event.get("TerminatedBySignal", 1))
+        detail["usage"] = usage_from_event(event)
     elif kind is EventKind.REMOVED:
         detail["reason"] = str(event.get("Reason", "removed"))
     return detail
+
+
+# ------------------------------------------------------------------ usage
+#: Usage fields (see :class:`~htcml_jupyter.engine.usage.JobUsage`) and the attribute
+#: that carries each, in a terminate event and in a job ad alike, with the factor to MB
+#: (memory is in MB, disk in KiB).
+_USAGE_ATTRIBUTES: dict[str, tuple[str, float]] = {
+    "cpus_requested": ("RequestCpus", 1), "cpus_allocated": ("Cpus", 1),
+    "cpus_used": ("CpusUsage", 1),
+    "memory_requested_mb": ("RequestMemory", 1), "memory_allocated_mb": ("Memory", 1),
+    "memory_mb": ("MemoryUsage", 1),
+    "disk_requested_mb": ("RequestDisk", 1 / 1024), "disk_allocated_mb": ("Disk", 1 / 1024),
+    "disk_mb": ("DiskUsage", 1 / 1024),
+    "gpus_requested": ("RequestGPUs", 1), "gpus_allocated": ("GPUs", 1),
+    "gpus_used": ("GPUsUsage", 1), "gpu_memory_mb": ("GPUsMemoryUsage", 1),
+}
+#: In a job ad, what is allocated is ``<Resource>Provisioned``.
+_AD_ALLOCATED = {"cpus_allocated": "CpusProvisioned", "memory_allocated_mb": "MemoryProvisioned",
+                 "disk_allocated_mb": "DiskProvisioned", "gpus_allocated": "GPUsProvisioned"}
+#: The job-ad attributes :func:`usage_from_ad` reads (a ``Schedd.query`` projection).
+USAGE_PROJECTION = sorted({a for a, _ in _USAGE_ATTRIBUTES.values()} | set(_AD_ALLOCATED.values())
+                          | {"ClusterId", "ProcId", "RemoteUserCpu", "RemoteSysCpu",
+                             "JobCurrentStartDate", "JobStatus", "ResidentSetSize"})
+_RUSAGE = re.compile(r"Usr (\d+) (\d+):(\d+):(\d+), Sys (\d+) (\d+):(\d+):(\d+)")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN: not reported
+
+
+def _value(record: Any, key: str) -> Any:
+    """An attribute's value; an expression (a job ad's ``MemoryUsage`` is
+    ``(ResidentSetSize + 1023) / 1024``) is evaluated in its ad."""
+    evaluate = getattr(record, "eval", None)
+    if evaluate is not None:
+        try:
+            return evaluate(key)
+        except Exception:
+            return None
+    return record.get(key)
+
+
+def _lookup(record: Any) -> dict[str, Any]:
+    """A record's attributes by lower-case name (ClassAd names ignore case)."""
+    return {str(k).lower(): _value(record, str(k)) for k in record.keys()}
+
+
+def _fields(values: dict[str, Any], names: dict[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for field, (attribute, factor) in _USAGE_ATTRIBUTES.items():
+        number = _number(values.get(names.get(field, attribute).lower()))
+        if number is not None:
+            out[field] = number * factor
+    return out
+
+
+def rusage_seconds(text: str) -> float | None:
+    """User plus system seconds in an event's usage text,
+    ``"Usr 0 00:00:04, Sys 0 00:00:01"`` (days, then hours:minutes:seconds)."""
+    m = _RUSAGE.search(text or "")
+    if not m:
+        return None
+    n = [int(g) for g in m.groups()]
+    return float(sum(d * 86400 + h * 3600 + mi * 60 + s
+                     for d, h, mi, s in (n[:4], n[4:])))
+
+
+def usage_from_event(event: Any) -> dict[str, float]:
+    """What a terminate event says the job used, requested and was allocated (the
+    "Usage / Request / Allocated" table), as :class:`~htcml_jupyter.engine.usage.JobUsage`
+    fields: CPU seconds (user plus system, every run of the job), memory and disk in MB,
+    CPUs and GPUs (``cpus_used``, ``gpus_used``: average use where HTCondor measures it)."""
+    values = _lookup(event)
+    out = _fields(values, {})
+    cpu = rusage_seconds(str(values.get("totalremoteusage", "")))
+    if cpu is not None:
+        out["cpu_seconds"] = cpu
+    return out
+
+
+def usage_from_ad(ad: Any, now: float | None = None) -> dict[str, float]:
+    """The same fields from a running job's ad (:data:`USAGE_PROJECTION`): figures so far,
+    as the starter last sent them, and ``wall_seconds`` of the current run."""
+    values = _lookup(ad)
+    out = _fields(values, _AD_ALLOCATED)
+    user, system = _number(values.get("remoteusercpu")), _number(values.get("remotesyscpu"))
+    if user is not None or system is not None:
+        out["cpu_seconds"] = (user or 0.0) + (system or 0.0)
+    start = _number(values.get("jobcurrentstartdate"))
+    if start:
+        out["wall_seconds"] = max(0.0, (time.time() if now is None else now) - start)
+    return out
 
 
 class CondorEventReader:

@@ -165,6 +165,10 @@ class LocalBackend:
     def release(self, store: MapStore, job_ids: list[str]) -> None:
         """Local jobs are never held."""
 
+    def job_usage(self, store: MapStore, job_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Local processes are not measured while they run."""
+        return {}
+
     def vacate(self, store: MapStore, job_ids: list[str]) -> None:
         raise HTCMLError(f"jobs on {self.description} cannot be evicted; vacate needs an "
                          f"HTCondor pool")

@@ -101,3 +101,10 @@ class Backend(Protocol):
         without a terminal event, ``HELD`` for holds the log missed (asked only after the
         events have been quiet for a long time)."""
         ...
+
+    def job_usage(self, store: MapStore, job_ids: list[str]) -> dict[str, dict[str, float]]:
+        """What these running jobs used so far, by job id, as
+        :class:`~htcml_jupyter.engine.usage.JobUsage` fields (``cpu_seconds``,
+        ``memory_mb``, ``wall_seconds``, what was requested and allocated); jobs it
+        knows nothing of are left out (an empty dict where the backend measures nothing)."""
+        ...

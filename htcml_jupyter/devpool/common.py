@@ -38,6 +38,9 @@ use FEATURE : GPUs
 GPU_DISCOVERY_EXTRA = -sim:4,2
 MachineMaxVacateTime = 5
 RUNBENCHMARKS = 0
+# Without cgroups (a chroot) the procd measures jobs from /proc snapshots, every 60 s
+# by default: a shorter job would report the memory and CPU of its first instant.
+PROCD_MAX_SNAPSHOT_INTERVAL = 1
 # DAGs and local-universe jobs run here too: DAGMan reads its nodes' logs every
 # second, and a DAG kept under /tmp is fine on this pool.
 START_LOCAL_UNIVERSE = True

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .actions import MapActions
 from .errors import HTCMLError
+from .notes import read_notes
 from .options import SubmitOptions
 from .outcomes import OutcomeReader, item_output
 from .reports import ReportBook
 from .results import MapResults
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
+from .usage import MapUsage, UsageBook, map_usage
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
@@ -46,6 +48,7 @@ class Map(MapActions, MapResults):
         self._table = TaskTable()
         self._outcomes = OutcomeReader(store, meta.get("code_locations", {}))
         self._reports = ReportBook()
+        self._usage = UsageBook()
         self._environment: dict[str, Any] = {}
         self._reader = backend.event_reader(store)
         # With no event log to read (deleted), ask the queue at the first wait.
@@ -113,6 +116,7 @@ class Map(MapActions, MapResults):
                 if event.kind is EventKind.REPORTED:
                     changed |= self._add_reports(event)
                 else:
+                    self._usage.add(event)
                     changed |= self._table.apply(event)
             if changed:
                 self._last_change = time.time()
@@ -158,6 +162,34 @@ class Map(MapActions, MapResults):
                     out[item] = summary
             return out
 
+    def usage(self, live: bool = True) -> MapUsage:
+        """What the map's jobs used: per job and in total, wall time, CPU time, peak
+        memory and disk, CPUs and GPUs, against what each requested and was allocated.
+
+        Finished jobs' figures come from their terminate events; with ``live``, running
+        jobs' figures so far come from their job ads (one query), else only their wall
+        time.  ``usage().summary()`` says it in one line, ``usage().advice()`` names the
+        requests every job used under a third of, ``usage().table()`` lists the jobs.
+        """
+        self.refresh()
+        with self._lock:
+            tasks = [TaskStatus(**vars(t)) for t in self._table.tasks.values()]
+        running = [t.job_id for t in tasks if t.phase is TaskPhase.RUNNING and t.job_id]
+        figures: dict[str, dict[str, float]] = {}
+        if live and running:
+            try:
+                figures = self.backend.job_usage(self.store, running)
+            except HTCMLError:
+                figures = {}  # the pool is out of reach: what the events said
+        with self._lock:
+            return map_usage(self._usage, tasks, figures)
+
+    def notes(self, last: int | None = None) -> list[str]:
+        """Notes about the map for people, oldest first (the ``last`` ones when given):
+        how its environment was chosen, packing progress.  They are also logged at INFO
+        under the ``htcml_jupyter`` logger; its panel shows the latest."""
+        return read_notes(self.store.path, last)
+
     def _check_queue(self) -> None:
         if time.time() - self._last_change < VANISHED_CHECK_AFTER:
             return
@@ -171,8 +203,9 @@ class Map(MapActions, MapResults):
         with self._lock:
             self.refresh()  # a job may have finished while the queue was asked
             for event in events:
-                self._table.apply(self._outcome_or(event) if event.kind is EventKind.VANISHED
-                                  else event)
+                event = self._outcome_or(event) if event.kind is EventKind.VANISHED else event
+                self._usage.add(event)
+                self._table.apply(event)
 
     def _outcome_or(self, vanished: TaskEvent) -> TaskEvent:
         """A job that left the queue unseen but whose outcome came back finished: the

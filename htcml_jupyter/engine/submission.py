@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..jobside.runner import read_header
 from .inputs import job_files
+from .notes import recording_notes
 from .options import SubmitOptions
 from .payload import dump_items
 from .store import MapStore
@@ -79,7 +80,8 @@ def submit_tasks(store: MapStore, backend: Backend, tasks: Tasks, options: Submi
     uid = backend.job_uid
     if uid is not None and os.geteuid() == 0 and uid != 0:  # root, as the pool's job user
         store.chown(uid)
-    return backend.submit(store, [t for t, _ in tasks], options, batch_name)
+    with recording_notes(store.path):  # the environment's notes go to this map
+        return backend.submit(store, [t for t, _ in tasks], options, batch_name)
 
 
 def read_arguments(store: MapStore, items: list[int]) -> dict[int, Any]:

@@ -14,7 +14,6 @@ The choice is made once per map, at its first submission, and recorded in the ma
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +51,12 @@ def size_text(n: float) -> str:
 
 
 def _say(text: str) -> None:
-    """One line about the map's environment, on stderr: it is a note, not the output
-    of the code that made the map."""
-    print(text, file=sys.stderr, flush=True)
+    """One line about the map's environment: a note (logged at INFO on the
+    ``htcml_jupyter.environment`` logger, kept in the map's ``logs/notes.log``, shown by
+    its panel), never on stderr."""
+    from ..engine.notes import note
+
+    note(text, logger="htcml_jupyter.environment")
 
 
 def _pack_for(store: MapStore) -> tuple[PackedEnvironment, str]:

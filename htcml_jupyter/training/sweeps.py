@@ -221,6 +221,7 @@ class Sweep(Map):
         aborted = self.aborted
         checkpoints = self.checkpoints()
         tasks = {t.task: t for t in self.tasks()}
+        used = {job.task: job for job in self.usage(live=False).jobs}
         with self._lock:
             task_of = dict(self._table.item_task)
         results: dict[int, Any] = {}
@@ -248,7 +249,7 @@ class Sweep(Map):
             rows.append(TrialRow(
                 i, dict(params), status, metrics, (max(steps) + 1) if steps else 0, seconds,
                 task.host, task.evictions, (ck.get("resumed") or [None])[-1],
-                aborted.get(i)))
+                aborted.get(i), used.get(task.task)))
         return rows
 
     def _cached_result(self, trial: int) -> Any:

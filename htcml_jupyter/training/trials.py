@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engine.state import ItemState
+from ..engine.usage import JobUsage
 
 Mode = Literal["min", "max"]
 
@@ -46,12 +47,25 @@ class TrialRow:
     evictions: int
     resumed_from: Any
     reason: str | None
+    #: What the trial's job used (figures so far while it runs; None before it ran).
+    usage: JobUsage | None = None
 
     def flat(self) -> dict[str, Any]:
+        """The row as one flat dict: trial, parameters, metrics, status, and the usage
+        columns of :data:`USAGE_COLUMNS`."""
+        u = self.usage
         return {"trial": self.trial, **self.params, **self.metrics, "status": self.status.value,
                 "steps": self.steps, "seconds": self.seconds, "host": self.host,
                 "evictions": self.evictions, "resumed_from": self.resumed_from,
-                "reason": self.reason}
+                "reason": self.reason,
+                **{c: getattr(u, c) if u is not None else None for c in USAGE_COLUMNS}}
+
+
+#: What a trial's job used, as columns of the trials table (see
+#: :class:`~htcml_jupyter.engine.usage.JobUsage`).
+USAGE_COLUMNS = ("wall_seconds", "cpu_seconds", "memory_mb", "memory_requested_mb",
+                 "disk_mb", "disk_requested_mb", "gpus_allocated", "gpus_used", "core_hours",
+                 "gpu_hours")
 
 
 def rank_trials(rows: Sequence[TrialRow], metric: str, mode: Mode, *,

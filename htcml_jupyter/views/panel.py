@@ -1,9 +1,10 @@
 """A live ipywidgets panel for a map.
 
-Header (name, cluster, pool, resources, elapsed time and an estimate of the time
-left), one progress bar with a segment per state in its colour and the done count
-written on it (``12 / 12 done``), the colour key of the other states with their
-counts, a short list of the failed, held and removed
+Header (name, cluster, pool, resources, elapsed time and, once there is one, an
+estimate of the time left), one progress bar with a segment per state in its colour and
+the done count written on it (``12 / 12 done``), the colour key of the other states with
+their counts, what the jobs used (once any finished) with advice on oversized requests
+(once all finished), the map's latest notes, a short list of the failed, held and removed
 items (clicking one shows its remote traceback, stderr tail or hold reason), and
 Cancel / Retry failed / Release held buttons.
 
@@ -23,11 +24,13 @@ from .progress import (
     MapProgress,
     header_html,
     legend_html,
+    notes_html,
     outcome,
     render_html,
     render_text,
     snapshot,
     state_bar_html,
+    usage_html,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +52,10 @@ class MapPanel:
         #: The one progress bar: state colours and the done count.
         self.bar = w.HTML(layout=w.Layout(width="100%"))
         self.legend = w.HTML()
+        #: What the jobs used (once any finished) and advice on requests (once finished).
+        self.usage = w.HTML()
+        #: The map's latest notes: how its environment was chosen, packing progress.
+        self.notes = w.HTML()
         #: ``"info"`` while going, ``"warning"`` with failed or held items, and once
         #: finished ``"success"`` (every item done) or ``"danger"``.
         self.outcome = "info"
@@ -68,7 +75,7 @@ class MapPanel:
         self.items.observe(self._show_item, names="value")
         self.items_box = w.VBox([self.items, self.detail], layout=w.Layout(display="none"))
         self.widget = w.VBox([
-            self.header, self.bar, self.legend,
+            self.header, self.bar, self.legend, self.usage, self.notes,
             self.items_box,
             w.HBox([self.cancel_button, self.retry_button, self.release_button, self.message]),
         ])
@@ -99,6 +106,8 @@ class MapPanel:
         self.header.value = header_html(p)
         self.bar.value = state_bar_html(p)
         self.legend.value = legend_html(p)
+        self.usage.value = usage_html(p)
+        self.notes.value = notes_html(p)
         self.outcome = outcome(p)
         options = [(f"item {q.item} {q.state.value}: {q.summary[:80]}", q.item)
                    for q in p.problems]

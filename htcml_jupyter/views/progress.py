@@ -31,6 +31,8 @@ COLOURS = {
 
 #: At most this many problem items are listed in a snapshot (the rest are counted).
 MAX_LISTED = 50
+#: The latest notes of a map that a snapshot carries.
+NOTES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ class MapProgress:
     problems: list[ItemProblem] = field(default_factory=list)
     #: How the jobs get Python, in words ("" before the first submission chose it).
     environment: str = ""
+    #: What the jobs used, in one line, once any job finished (``Map.usage().summary()``).
+    usage: str = ""
+    #: Once the map finished: the requests every job used under a third of, with the
+    #: value to ask for instead (``Map.usage().advice()``).
+    advice: list[str] = field(default_factory=list)
+    #: The map's latest notes (how its environment was chosen, packing), oldest first.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -112,8 +121,13 @@ def snapshot(m: Map) -> MapProgress:
             else:
                 summary = "removed"
             problems.append(ItemProblem(i, s, summary))
+    finished = not pending
+    usage = m.usage(live=False)
     return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), len(states),
-                       counts, elapsed, eta, problems, environment_text(m.environment))
+                       counts, elapsed, eta, problems, environment_text(m.environment),
+                       usage=usage.summary() if usage.finished else "",
+                       advice=usage.advice() if finished else [],
+                       notes=m.notes(last=NOTES_SHOWN))
 
 
 def environment_text(record: dict[str, object]) -> str:
@@ -157,10 +171,13 @@ def render_text(p: MapProgress, width: int = 40) -> str:
     filled = int(width * p.done / p.total) if p.total else 0
     bar = "#" * filled + "-" * (width - filled)
     when = (f"elapsed {format_seconds(p.elapsed)}"
-            + ("" if p.finished else f", about {format_seconds(p.eta)} left"))
+            + ("" if p.finished or p.eta is None else f", about {format_seconds(p.eta)} left"))
     lines = [f"{p.name}  [{bar}] {p.headline}  ({count_line(p)}; {when})"]
     if p.environment:
         lines.append(f"  environment: {p.environment}")
+    if p.usage:
+        lines.append(f"  used: {p.usage}")
+    lines.extend(f"  {line}" for line in p.advice)
     for prob in p.problems[:10]:
         lines.append(f"  item {prob.item} {prob.state.value}: {prob.summary}")
     hidden = sum(p.counts[s] for s in (ItemState.FAILED, ItemState.HELD, ItemState.REMOVED))
@@ -219,8 +236,9 @@ def legend_html(p: MapProgress) -> str:
 
 def header_html(p: MapProgress) -> str:
     clusters = ", ".join(map(str, p.clusters)) or "-"
-    status = ("finished" if p.finished else
-              f"elapsed {format_seconds(p.elapsed)}, about {format_seconds(p.eta)} left")
+    status = f"elapsed {format_seconds(p.elapsed)}"
+    if p.eta is not None:  # only once there is an estimate
+        status += f", about {format_seconds(p.eta)} left"
     if p.finished:
         status = f"finished in {format_seconds(p.elapsed)}"
     return (f'<div class="htcml-header"><b>{html.escape(p.name)}</b> &middot; cluster '
@@ -240,7 +258,24 @@ def problems_html(p: MapProgress) -> str:
             f"{rows}</table>")
 
 
+def usage_html(p: MapProgress) -> str:
+    """The usage line and, once finished, the advice on requests (escaped HTML; empty
+    before any job finished)."""
+    if not p.usage:
+        return ""
+    advice = "".join(f'<div class="htcml-advice" style="color:#8d6e00">{html.escape(a)}</div>'
+                     for a in p.advice)
+    return f'<div class="htcml-usage">used: {html.escape(p.usage)}</div>{advice}'
+
+
+def notes_html(p: MapProgress) -> str:
+    """The map's latest notes, small and grey (escaped HTML)."""
+    return "".join(f'<div class="htcml-note" style="color:#607d8b;font-size:11px">'
+                   f"{html.escape(n)}</div>" for n in p.notes)
+
+
 def render_html(p: MapProgress) -> str:
     """A self-contained HTML summary (no widgets needed)."""
     return (f'<div class="htcml-map">{header_html(p)}{state_bar_html(p)}'
-            f"<div>{legend_html(p)}</div>{problems_html(p)}</div>")
+            f"<div>{legend_html(p)}</div>{usage_html(p)}{notes_html(p)}{problems_html(p)}"
+            "</div>")

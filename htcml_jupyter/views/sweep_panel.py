@@ -12,6 +12,7 @@ import html
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..engine.usage import JobUsage, hours_text, seconds_text, size_text
 from ..training.trials import rank_trials
 from .curves import TrialStyle, curves_svg, format_value, metric_series, swatch_html, trial_styles
 from .panel import MapPanel
@@ -34,6 +35,8 @@ def trials_table_html(rows: list[TrialRow], metric: str | None, mode: Mode,
     ranked = rank_trials(rows, metric, mode, include_running=True) if metric else []
     ordered = ranked + [r for r in rows if r not in ranked]
     params = sorted({k for r in rows for k in r.params})
+    gpus = any(r.usage is not None and (r.usage.gpus_allocated or r.usage.gpus_requested)
+               for r in rows)
     head = "".join(f"<th>{html.escape(p)}</th>" for p in params)
     metric_head = f"<th>{html.escape(metric)}</th>" if metric else ""
     body = []
@@ -45,20 +48,44 @@ def trials_table_html(rows: list[TrialRow], metric: str | None, mode: Mode,
         resumed = f" (resumed from {html.escape(format_value(r.resumed_from))})" \
             if r.evictions and r.resumed_from is not None else ""
         key = swatch_html(styles[r.trial]) if r.trial in styles else ""
+        used = "".join(f"<td>{html.escape(text)}</td>" for text in usage_cells(r.usage, gpus))
         body.append(f'<tr class="htcml-trial htcml-{html.escape(r.status.value.split()[0])}" '
                     f'data-trial="{r.trial}">'
                     f"<td>{key}{r.trial}</td>{cells}{value}<td>{html.escape(r.status.value)}</td>"
-                    f"<td>{r.steps}</td><td>{r.evictions}{resumed}</td></tr>")
+                    f"<td>{r.steps}</td><td>{r.evictions}{resumed}</td>{used}</tr>")
     more = (f"<tr><td colspan='99'>... {len(rows) - TABLE_ROWS} more trials "
             f"(sweep.table())</td></tr>" if len(rows) > TABLE_ROWS else "")
     table = ('<table class="htcml-trials"><tr><th>trial</th>' + head + metric_head
-             + "<th>status</th><th>steps</th><th>evictions</th></tr>" + "".join(body) + more
+             + "<th>status</th><th>steps</th><th>evictions</th>"
+             + "".join(f"<th>{h}</th>" for h in USAGE_HEADS[:4 if gpus else 3])
+             + "</tr>" + "".join(body) + more
              + "</table>")
     return (table.replace("<td>", f'<td style="{_CELL}">')
             .replace("<th>", f'<th style="{_CELL};text-align:left">'))
 
 
 _CELL = "padding:1px 10px 1px 0;white-space:nowrap"
+#: The usage columns of the trials table (GPU-hours only when a trial has GPUs).
+USAGE_HEADS = ("CPU time", "memory", "disk", "GPU-h")
+
+
+def usage_cells(usage: JobUsage | None, gpus: bool = False) -> list[str]:
+    """A trial's usage cells: CPU time, peak memory and disk against what was asked
+    (``"218 MB / 1 GB"``), and GPU-hours with ``gpus``; blank before its job ran."""
+    n = 4 if gpus else 3
+    if usage is None:
+        return [""] * n
+
+    def against(used: float | None, asked: float | None) -> str:
+        if used is None:
+            return ""
+        return size_text(used) + (f" / {size_text(asked)}" if asked else "")
+
+    cells = [seconds_text(usage.cpu_seconds) if usage.cpu_seconds is not None else "",
+             against(usage.memory_mb, usage.memory_requested_mb),
+             against(usage.disk_mb, usage.disk_requested_mb),
+             hours_text(usage.gpu_hours)]
+    return cells[:n]
 
 
 class SweepPanel(MapPanel):

@@ -28,6 +28,8 @@ export interface IMapSummary {
   running: boolean;
   submitting: boolean;
   error: string | null;
+  /** What its jobs used, in one line, once any finished ("" before). */
+  usage: string;
 }
 
 /** Milliseconds between two looks while a map runs, and while none does. */
@@ -185,7 +187,11 @@ export class MapsSidebar extends Widget {
         map.running && !map.submitting),
       this.button('Retry', 'htcml-retry', map.name, 'retry', retryable && !map.submitting)
     );
-    row.append(head, meta, counts, actions);
+    row.append(head, meta, counts);
+    if (map.usage) {
+      row.append(element('div', 'htcml-map-usage', map.usage));
+    }
+    row.append(actions);
     row.addEventListener('click', () => this.attach(map.name));
     return row;
   }
