@@ -84,10 +84,12 @@ class UsageBook:
         self._started: dict[int, float] = {}
         self._wall: dict[int, float] = {}
         self._final: dict[int, dict[str, float]] = {}
+        self._settled: dict[int, JobUsage] = {}  # finished jobs' usage never changes
 
     def add(self, event: TaskEvent) -> None:
         """Take note of one job event."""
         task = event.task
+        self._settled.pop(task, None)
         if event.kind is EventKind.STARTED:
             self._started[task] = event.time
             return
@@ -106,6 +108,9 @@ class UsageBook:
         """The usage of one job: final when it finished, else ``live`` figures from its
         job ad (or only its wall time so far); None for a job that never ran."""
         task = status.task
+        settled = self._settled.get(task)
+        if settled is not None:
+            return settled
         finished = task in self._final
         figures = dict(self._final.get(task, {}) if finished else live or {})
         earlier = self._wall.get(task, 0.0)
@@ -119,8 +124,11 @@ class UsageBook:
             figures["wall_seconds"] = earlier + (current or 0.0)
         elif task in self._wall:
             figures["wall_seconds"] = earlier
-        return JobUsage(task, status.job_id, len(status.items), finished,
-                        **{k: v for k, v in figures.items() if k in _FIGURES})
+        job = JobUsage(task, status.job_id, len(status.items), finished,
+                       **{k: v for k, v in figures.items() if k in _FIGURES})
+        if finished:
+            self._settled[task] = job
+        return job
 
 
 def _peak(values: Iterable[float | None]) -> float | None:
