@@ -34,7 +34,12 @@ import htcml_jupyter as htc
 from htcml_jupyter import devpool
 from htcml_jupyter.devpool.execroot import ensure_image, has_image
 from htcml_jupyter.environment import pack_environment
-from htcml_jupyter.environment.image import build_image, default_image_dir, image_reference
+from htcml_jupyter.environment.image import (
+    IMAGE_VERSION,
+    build_image,
+    default_image_dir,
+    image_reference,
+)
 
 
 def trivial(x: int) -> int:
@@ -58,7 +63,7 @@ def the_image(name: str | None, roots: list[str]) -> str:
                              f"htcml env image {name} --load")
         return f"docker://{reference}"
     packed = pack_environment()
-    tag = packed.digest[:12]
+    tag = f"{packed.digest[:12]}-{IMAGE_VERSION}"
     output = default_image_dir() / f"htcml-bench-env_{tag}.tar"
     reference = image_reference(f"htcml-bench-env:{tag}")
     if not output.exists():

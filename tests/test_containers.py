@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from htcml_jupyter.devpool import PoolState
 from htcml_jupyter.devpool.execroot import ensure_image, has_image, podman_ready
 from htcml_jupyter.environment.image import (
     ENV_PREFIX,
+    IMAGE_VERSION,
     BuiltImage,
     ImageError,
     base_root,
@@ -37,7 +39,7 @@ from htcml_jupyter.environment.oci import layer_names
 from htcml_jupyter.environment.packing import PackedEnvironment
 
 
-def _fake_packed(folder: Path) -> PackedEnvironment:
+def _fake_packed(folder: Path, python: str = "3.99.1") -> PackedEnvironment:
     """A tiny archive shaped like a packed environment, in two gzip members (as
     ``pack_environment`` writes them)."""
     raw = io.BytesIO()
@@ -58,7 +60,7 @@ def _fake_packed(folder: Path) -> PackedEnvironment:
         for chunk in (data[:half], data[half:]):
             packer = zlib.compressobj(1, zlib.DEFLATED, 31)
             f.write(packer.compress(chunk) + packer.flush())
-    return PackedEnvironment(path, "f" * 16, path.stat().st_size, 3, "3.99.1", 0.1, 0.1, False)
+    return PackedEnvironment(path, "f" * 16, path.stat().st_size, 3, python, 0.1, 0.1, False)
 
 
 def _fake_root(folder: Path) -> Path:
@@ -107,16 +109,17 @@ def _check_image(path: Path, reference: str) -> dict[str, Any]:
 
 
 def test_image_tarball_is_a_docker_archive_and_an_oci_layout(tmp_path: Path) -> None:
-    packed = _fake_packed(tmp_path)
+    mine = "{}.{}.{}".format(*sys.version_info[:3])
+    packed = _fake_packed(tmp_path, mine)
     built = build_image("team/my-env:v1", base=_fake_root(tmp_path), packed=packed,
                         output=tmp_path / "img.tar")
     assert built.reference == "localhost/team/my-env:v1"
     assert built.container_image == "docker://localhost/team/my-env:v1"
-    assert built.python == "3.99.1" and built.layers == 2
+    assert built.python == mine and built.layers == 2
     assert built.apptainer_command() == \
         f"apptainer build my-env_v1.sif docker-archive://{tmp_path / 'img.tar'}"
     config = _check_image(built.path, built.reference)
-    assert config["config"]["Labels"]["org.htcml.python"] == "3.99.1"
+    assert config["config"]["Labels"]["org.htcml.python"] == mine
     names = list(layer_names(built.path))
     assert "etc/os-release" in names and "proc" in names
     assert "var/cache/apt/archives/big.deb" not in names  # package caches stay out
@@ -127,8 +130,14 @@ def test_image_tarball_is_a_docker_archive_and_an_oci_layout(tmp_path: Path) -> 
         with tarfile.open(fileobj=tar.extractfile(top)) as layer:
             launcher = layer.extractfile("usr/local/bin/python3").read().decode()  # type: ignore[union-attr]
             assert layer.getmember("usr/local/bin/python3").mode == 0o755
+            tag = sys.implementation.cache_tag
+            pyc = layer.extractfile(  # type: ignore[union-attr]
+                f"{ENV_PREFIX}/lib/python3.99/__pycache__/os.{tag}.pyc").read()
     assert f"LD_LIBRARY_PATH=/{ENV_PREFIX}/lib" in launcher
     assert f'exec /{ENV_PREFIX}/bin/python3 "$@"' in launcher
+    # compiled once into the image, loaded without checking the source (PEP 552)
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and pyc[4:8] == (1).to_bytes(4, "little")
+    assert pyc[8:16] == importlib.util.source_hash(b"# os\n")
 
 
 def test_image_over_a_saved_image_keeps_its_layers(tmp_path: Path) -> None:
@@ -179,8 +188,9 @@ def env_image(isolated_pool: PoolState) -> BuiltImage:
     from htcml_jupyter.environment.image import default_image_dir
 
     packed = pack_environment()
-    name = f"htcml-test-env:{packed.digest[:12]}"
-    output = default_image_dir() / f"htcml-test-env_{packed.digest[:12]}.tar"
+    tag = f"{packed.digest[:12]}-{IMAGE_VERSION}"
+    name = f"htcml-test-env:{tag}"
+    output = default_image_dir() / f"htcml-test-env_{tag}.tar"
     if not output.exists():
         assert main(["env", "image", name, "--output", str(output)]) == 0
     built = BuiltImage(output, image_reference(name), packed.python, output.stat().st_size,

@@ -31,7 +31,7 @@ PODMAN_PACKAGES = ("podman", "runc", "podman-docker", "catatonit", "sudo")
 DOCKER_WRAPPER = "/usr/local/bin/docker-root"
 #: The tmpfs mounted as each execute root's ``/dev/shm``.
 SHM_SOURCE = "htcml-shm"
-_PODMAN_READY = ".htcml-podman-ready"
+_PODMAN_READY = ".htcml-podman-ready-2"  # a new name when what is installed changes
 CONTAINERS_CONF = """\
 # Written by htcml_jupyter: podman as HTCondor's docker runtime in this execute root.
 [containers]
@@ -45,10 +45,16 @@ events_logger = "file"
 _WRAPPER = """\
 #!/bin/sh
 # Written by htcml_jupyter: HTCondor runs its docker command as the condor user; podman
-# runs containers as root here (rootless podman cannot make its namespaces).
+# runs containers as root here (rootless podman cannot make its namespaces).  Podman's
+# cgroups-v1 notice would otherwise come with the output HTCondor reads.
+PODMAN_IGNORE_CGROUPSV1_WARNING=1
+export PODMAN_IGNORE_CGROUPSV1_WARNING
 exec sudo -n /usr/bin/podman "$@"
 """
-_SUDOERS = "condor ALL=(root) NOPASSWD: /usr/bin/podman\n"
+_SUDOERS = """\
+Defaults!/usr/bin/podman env_keep += "PODMAN_IGNORE_CGROUPSV1_WARNING"
+condor ALL=(root) NOPASSWD: /usr/bin/podman
+"""
 
 
 def mounts_under(root: str) -> list[str]:

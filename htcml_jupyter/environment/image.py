@@ -26,22 +26,27 @@ its size and digest are known).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
-import json
+import marshal
 import os
 import shutil
 import string
+import sys
 import tarfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ..paths import htcml_home
-from .oci import LAYER, LAYER_GZIP, Blob, ImageArchive, write_metadata
+from .oci import LAYER, Blob, ImageArchive, copy_saved_layers, is_saved_image, write_metadata
 from .packing import PackedEnvironment, pack_environment
 
+#: Bumped whenever what an image holds changes (caches of built images name it).
+IMAGE_VERSION = 2
 #: Where the packed environment lies in the image.
 ENV_PREFIX = "opt/htcml-env"
 #: The Debian release of the default base (glibc 2.36, as on Debian 12 hosts).
@@ -203,9 +208,27 @@ def _write_root_layer(root: Path, out: IO[bytes]) -> None:
             dirs[:] = descend
 
 
+def _compiled(source: bytes, path: str) -> bytes | None:
+    """``source`` as an unchecked hash-based ``.pyc`` (PEP 552): the image never changes,
+    so its interpreter loads it without looking at the source again.  None when it does
+    not compile (templates, files for another Python)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(source, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return None
+    return (importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
 def _write_env_layer(packed: PackedEnvironment, out: IO[bytes]) -> None:
-    """The packed environment under :data:`ENV_PREFIX` and the ``python3`` launchers."""
+    """The packed environment under :data:`ENV_PREFIX`, its modules compiled (the pack
+    has no ``.pyc`` files, and a job would otherwise compile every module it imports,
+    every time), and the ``python3`` launchers."""
     made: set[str] = set()
+    same_python = packed.python.split(".")[:2] == [str(v) for v in sys.version_info[:2]]
+    tag = sys.implementation.cache_tag
 
     def folder(tar: tarfile.TarFile, path: str) -> None:
         parts = path.split("/")
@@ -227,10 +250,23 @@ def _write_env_layer(packed: PackedEnvironment, out: IO[bytes]) -> None:
             member.uname = member.gname = "root"
             if member.isdir():
                 made.add(name)
-            if member.isreg():
-                tar.addfile(member, source.extractfile(member))
-            else:
+            if not member.isreg():
                 tar.addfile(member)
+                continue
+            data = source.extractfile(member)
+            if not (same_python and name.endswith(".py") and tag):
+                tar.addfile(member, data)
+                continue
+            text = data.read() if data is not None else b""
+            tar.addfile(member, io.BytesIO(text))
+            pyc = _compiled(text, "/" + name)
+            if pyc is not None:
+                folder_name, module = name.rsplit("/", 1)
+                cache = f"{folder_name}/__pycache__"
+                folder(tar, cache)
+                info = tarfile.TarInfo(f"{cache}/{module[:-3]}.{tag}.pyc")
+                info.size, info.mode, info.mtime = len(pyc), 0o644, member.mtime
+                tar.addfile(info, io.BytesIO(pyc))
         folder(tar, "usr/local/bin")
         script = _LAUNCHER.format(prefix=ENV_PREFIX).encode()
         for name in ("python3", "python"):
@@ -239,53 +275,19 @@ def _write_env_layer(packed: PackedEnvironment, out: IO[bytes]) -> None:
             tar.addfile(info, io.BytesIO(script))
 
 
-def _copy_layer(source: IO[bytes], out: IO[bytes]) -> None:
-    shutil.copyfileobj(source, out, 8 << 20)
-
-
-def _tar_kind(path: Path) -> str:
-    """``"image"`` for a docker-archive, ``"rootfs"`` for a root filesystem tarball."""
+def _saved_image(path: Path) -> bool:
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.lstrip("./") == "manifest.json":
-                    return "image"
-                if member.name.lstrip("./").startswith(("usr/", "etc/", "bin")):
-                    return "rootfs"
-    except (OSError, tarfile.TarError) as exc:
-        raise ImageError(f"--base {path}: not a tarball ({exc})") from exc
-    return "rootfs"
+        return is_saved_image(path)
+    except ValueError as exc:
+        raise ImageError(f"--base {exc}") from exc
 
 
-def _base_image_layers(path: Path, archive: ImageArchive) -> tuple[list[Blob], dict[str, Any]]:
-    """The layers and configuration of a docker-archive (``podman save``), copied."""
-    with tarfile.open(path) as tar:
-        def read(name: str) -> bytes:
-            f = tar.extractfile(name.lstrip("./"))
-            if f is None:
-                raise ImageError(f"--base {path}: {name} is missing from the archive")
-            return f.read()
-
-        manifest = json.loads(read("manifest.json"))
-        if len(manifest) != 1:
-            raise ImageError(f"--base {path} holds {len(manifest)} images; save one")
-        config = json.loads(read(manifest[0]["Config"]))
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        blobs = []
-        for layer, diff_id in zip(manifest[0]["Layers"], diff_ids, strict=True):
-            member = tar.extractfile(layer.lstrip("./"))
-            if member is None:
-                raise ImageError(f"--base {path}: layer {layer} is missing")
-            head = member.read(2)
-            gz = head == b"\x1f\x8b"
-
-            def write(out: IO[bytes], m: IO[bytes] = member, h: bytes = head) -> None:
-                out.write(h)
-                _copy_layer(m, out)
-
-            digest, size = archive.stream_blob(write)
-            blobs.append(Blob(digest, size, diff_id, LAYER_GZIP if gz else LAYER))
-    return blobs, config
+def _saved_layers(path: Path, archive: ImageArchive) -> tuple[list[Blob], dict[str, Any]]:
+    try:
+        return copy_saved_layers(path, archive)
+    except (ValueError, KeyError, tarfile.TarError) as exc:
+        raise ImageError(f"--base {path}: not an image saved by podman or docker "
+                         f"(docker-archive): {exc}") from exc
 
 
 def _layer_from(archive: ImageArchive, write: Callable[[IO[bytes]], None]) -> Blob:
@@ -341,10 +343,10 @@ def build_image(name: str, *, base: Path | None = None, output: Path | None = No
                              f"Debian {BASE_SUITE} minbase ({root})")
                 note(f"writing the base layer from {root}")
                 layers = [_layer_from(archive, lambda f: _write_root_layer(root, f))]
-            elif _tar_kind(base) == "image":
+            elif _saved_image(base):
                 described = f"the image {base}"
                 note(f"copying the layers of {base}")
-                layers, config = _base_image_layers(base, archive)
+                layers, config = _saved_layers(base, archive)
             else:
                 described = f"the root filesystem {base}"
                 note(f"copying the root filesystem {base}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +108,56 @@ class ImageArchive:
 def blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
+
+
+def _copy(source: IO[bytes], out: IO[bytes]) -> None:
+    shutil.copyfileobj(source, out, 8 << 20)
+
+
+def is_saved_image(path: Path) -> bool:
+    """Whether ``path`` is a saved image (a docker-archive), not a root filesystem tarball."""
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.lstrip("./") == "manifest.json":
+                    return True
+                if member.name.lstrip("./").startswith(("usr/", "etc/", "bin")):
+                    return False
+    except (OSError, tarfile.TarError) as exc:
+        raise ValueError(f"{path}: not a tarball ({exc})") from exc
+    return False
+
+
+def copy_saved_layers(path: Path, archive: ImageArchive) -> tuple[list[Blob], dict[str, Any]]:
+    """Copy the layers of a docker-archive (``podman save``) into ``archive``; returns
+    them and the saved image's configuration (``ValueError`` when it is not one image)."""
+    with tarfile.open(path) as tar:
+        def read(name: str) -> bytes:
+            f = tar.extractfile(name.lstrip("./"))
+            if f is None:
+                raise ValueError(f"{path}: {name} is missing from the archive")
+            return f.read()
+
+        manifest = json.loads(read("manifest.json"))
+        if len(manifest) != 1:
+            raise ValueError(f"{path} holds {len(manifest)} images; save one")
+        config = json.loads(read(manifest[0]["Config"]))
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        blobs = []
+        for layer, diff_id in zip(manifest[0]["Layers"], diff_ids, strict=True):
+            member = tar.extractfile(layer.lstrip("./"))
+            if member is None:
+                raise ValueError(f"{path}: layer {layer} is missing")
+            head = member.read(2)
+            gz = head == b"\x1f\x8b"
+
+            def write(out: IO[bytes], m: IO[bytes] = member, h: bytes = head) -> None:
+                out.write(h)
+                _copy(m, out)
+
+            digest, size = archive.stream_blob(write)
+            blobs.append(Blob(digest, size, diff_id, LAYER_GZIP if gz else LAYER))
+    return blobs, config
 
 
 def write_metadata(archive: ImageArchive, reference: str, layers: list[Blob], *,
