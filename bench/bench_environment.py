@@ -1,7 +1,11 @@
 """Benchmark: packing the notebook's environment and starting a job from the archive.
 
-The real development environment (torch included) is packed into a fresh cache folder,
-then packed again (a cache hit).  The job side is measured by running
+The real development environment (torch included) is packed lean (the default) into a
+fresh cache folder, then packed again (a cache hit); the pack of every installed
+distribution (``--everything``, what every pack held before the lean selection) is
+measured too, and the lean one's files and bytes are printed as shares of it.  The
+unpack rate (files/s, MB/s of the unpacked tree) is measured for the gzip archive and
+for the same tar uncompressed.  The job side is measured by running
 ``bootstrap.sh`` directly in a fresh temporary folder, as a job's sandbox (median of
 3): unpack and start the packed interpreter, and unpack, start and ``import torch``.
 
@@ -70,9 +74,25 @@ def _untar(archive: Path) -> float:
         shutil.rmtree(box, ignore_errors=True)
 
 
+def _untar_plain(archive: Path) -> float:
+    """``tar xf`` of the same tar, uncompressed, into a fresh folder."""
+    box = Path(tempfile.mkdtemp(prefix="htcml-bench-untar-", dir="/tmp"))
+    plain = box.with_name(box.name + ".tar")
+    try:
+        subprocess.run(f"gzip -dc {archive} > {plain}", shell=True, check=True)
+        return _timed(["tar", "xf", str(plain), "-C", str(box)], str(box))
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+        plain.unlink(missing_ok=True)
+
+
 def main() -> int:
     cache = Path(tempfile.mkdtemp(prefix="htcml-bench-envs-", dir="/tmp"))
     try:
+        everything = EnvSource.current().with_choice(lean=False)
+        full = pack_environment(everything, cache_dir=cache)
+        full_files = sum(1 for e in plan(everything) if e.link is None)
+        full_raw = sum(e.size for e in plan(everything))
         source = EnvSource.current()
         entries = plan(source)
         raw = sum(e.size for e in entries)
@@ -85,11 +105,24 @@ def main() -> int:
         assert second.cached and second.digest == first.digest
         plain = _median(lambda: _timed([sys.executable, "-c", "import sys"]))
         untar = _median(lambda: _untar(first.path))
+        untar_plain = _median(lambda: _untar_plain(first.path))
         unpack = _median(lambda: _bootstrap_run(first.path, "import sys"))
         torch_venv = _median(lambda: _timed([sys.executable, "-c", "import torch"]))
         torch_packed = _median(lambda: _bootstrap_run(first.path, "import torch"))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    lean_files = sum(1 for e in entries if e.link is None)
+    print(f"baseline: everything installed          {full_files:7d} files, "
+          f"{size_text(full_raw)} unpacked, archive {size_text(full.size)}")
+    print(f"lean pack                               {lean_files:7d} files "
+          f"= {lean_files / full_files:.0%} of them, {size_text(raw)} unpacked "
+          f"= {raw / full_raw:.0%}, archive {size_text(first.size)} "
+          f"= {first.size / full.size:.0%}  (target <= 40 %)")
+    print(f"unpack, gzip archive (tar xzf)          {lean_files / untar:7.0f} files/s, "
+          f"{raw / 1e6 / untar:5.0f} MB/s")
+    print(f"unpack, same tar uncompressed (tar xf)  {lean_files / untar_plain:7.0f} files/s, "
+          f"{raw / 1e6 / untar_plain:5.0f} MB/s  = {untar / untar_plain:.2f}x faster, "
+          f"{raw / first.size:.1f}x the bytes to send")
     print(f"baseline: read every file once          {read:7.2f} s")
     print(f"first pack                              {first.seconds:7.2f} s  "
           f"= {first.seconds / read:.1f}x reading the files")

@@ -61,6 +61,8 @@ def _env(args: argparse.Namespace) -> int:
         pack_environment,
         size_text,
     )
+    from .environment.layout import plan_summary
+    from .environment.lean import left_out
 
     if args.action == "image":
         return _env_image(args)
@@ -77,20 +79,29 @@ def _env(args: argparse.Namespace) -> int:
                   f"{size_text(p.bytes_done)} of {size_text(p.bytes_total)} "
                   f"({share:.0%})", end="" if tty else "\n", file=sys.stderr, flush=True)
 
-    source = EnvSource.current()
-    if args.exclude:
-        source = dataclasses.replace(source, exclude=tuple(args.exclude))
+    source = EnvSource.current().with_choice(include=tuple(args.include),
+                                             exclude=tuple(args.exclude),
+                                             lean=not args.everything)
     packed = pack_environment(source, progress=progress)
     if tty and not packed.cached:
         print(file=sys.stderr)
-    path = export_archive(packed, Path(args.output).expanduser()) if args.output \
-        else packed.path
+    output = Path(args.output).expanduser() if args.output else None
+    if output is not None and (output.is_dir() or args.output.endswith("/")):
+        output = output / f"env-{packed.digest}.tar.gz"  # OSDF caches by name
+    path = export_archive(packed, output) if output is not None else packed.path
     how = (f"reused (packed earlier in {packed.pack_seconds:.1f} s)" if packed.cached
            else f"packed in {packed.pack_seconds:.1f} s")
     print(f"archive: {path.resolve()}")
     print(f"size:    {size_text(packed.size)} ({packed.size} bytes, {packed.files} files, "
           f"Python {packed.python})")
-    print(f"digest:  {packed.digest}")
+    if source.lean:
+        everything = plan_summary(dataclasses.replace(source, lean=False))
+        print(f"lean:    {packed.files} of {everything[0]} files, "
+              f"{size_text(plan_summary(source)[1])} of {size_text(everything[1])} unpacked; "
+              f"left out what only the notebook uses ({', '.join(left_out(source)[:8])}"
+              f"{', ...' if len(left_out(source)) > 8 else ''}); --include NAME keeps one, "
+              f"--everything keeps all")
+    print(f"digest:  {packed.digest} (the start of the archive's SHA-256)")
     print(f"time:    {time.monotonic() - started:.1f} s, {how}")
     print(f"use it:  htc.map(fn, items, environment={str(path.resolve())!r}), or upload "
           f"it and pass its https:// or osdf:// URL")
@@ -172,7 +183,7 @@ def _clean(args: argparse.Namespace) -> int:
     if not args.names and not args.finished:
         print("htcml clean: name the maps to delete, or pass --finished", file=sys.stderr)
         return 2
-    targets = args.names or [i.name for i in list_maps(args.root)]
+    targets = args.names or [i.name for i in list_maps(args.root) if i.problem is None]
     removed = 0
     for name in targets:
         with attach(name, args.root) as m:
@@ -217,9 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--load", action="store_true",
                      help="env image: load it into the isolated pool's execute nodes (root)")
     env.add_argument("--output", default=None,
-                     help="also put the archive here (a .tar.gz path; default: only the "
+                     help="also put the archive here (a .tar.gz path, or a folder: then it "
+                          "is named env-<digest>.tar.gz; default: only the "
                           "cache, $HTCML_HOME/envs); env image: the image tarball "
                           "(default $HTCML_HOME/images/NAME_TAG.tar)")
+    env.add_argument("--include", action="append", default=[], metavar="NAME",
+                     help="keep a distribution the lean pack leaves out (repeatable), e.g. "
+                          "ipython, or a site-packages folder such as torch/include")
+    env.add_argument("--everything", action="store_true",
+                     help="pack every installed distribution (no lean selection)")
     env.add_argument("--exclude", action="append", default=[], metavar="NAME",
                      help="leave out a package the jobs never use (repeatable), e.g. "
                           "--exclude playwright --exclude jupyterlab")

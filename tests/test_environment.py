@@ -356,7 +356,7 @@ def test_job_launch_decides_once_per_map(tmp_path: Path, monkeypatch: pytest.Mon
         return "submit.htcml", ["exec.htcml"]
 
     monkeypatch.setattr(environment, "pool_domains", domains)
-    monkeypatch.setattr(environment, "pack_environment", lambda **_: packed)
+    monkeypatch.setattr(environment, "pack_environment", lambda *_, **__: packed)
     store = MapStore.create(tmp_path, "m", {"name": "m"})
     backend: Any = _Backend()
     first = environment.job_launch(store, SubmitOptions(), backend)
@@ -400,7 +400,7 @@ def test_pack_on_the_project_pool(pool_env: str, map_root: Path, small_env: EnvS
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The small environment has no cloudpickle: the jobs work because the notebook's
     cloudpickle travels with them."""
-    monkeypatch.setattr(environment, "pack_environment", lambda **_: packed)
+    monkeypatch.setattr(environment, "pack_environment", lambda *_, **__: packed)
     m = htc.map(twice_with_cloudpickle, [1, 2, 3], root=map_root, environment="pack",
                 request_memory="512MB")
     assert m.wait(timeout=240), (m.status(), m.errors, m.holds)

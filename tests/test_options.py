@@ -45,13 +45,13 @@ def test_missing_input_file_names_the_path(tmp_path: Path) -> None:
 
 def test_submit_commands_from_options() -> None:
     opts = SubmitOptions.from_kwargs({
-        "request_memory": 2048, "request_gpus": 1, "gpus_minimum_memory": "8GB",
+        "request_memory": 2048, "request_gpus": 1, "gpus_minimum_memory": 8000,
         "gpus_minimum_capability": 7.5, "max_idle": 10, "accounting_group": "group_ml.alice",
         "submit_extra": {"My.Project": '"x"'}})
     cmds = opts.submit_commands()
     assert cmds["request_memory"] == "2048MB"
     assert cmds["request_gpus"] == "1"
-    assert cmds["gpus_minimum_memory"] == "8GB"
+    assert cmds["gpus_minimum_memory"] == "8000"  # MB, as CHTC and the OSPool write it
     assert cmds["gpus_minimum_capability"] == "7.5"
     assert cmds["max_idle"] == "10"
     assert cmds["accounting_group"] == "group_ml.alice"
@@ -96,7 +96,26 @@ def test_site_options_become_classad_attributes() -> None:
     assert cmds["My.ProjectName"] == '"Lab \\"A\\""'
     assert cmds["My.WantGPULab"] == "true" and cmds["My.GPUJobLength"] == '"long"'
     assert cmds["My.WantFlocking"] == "true"
-    assert "My.GPUJobLength" not in SubmitOptions.from_kwargs(
-        {"gpu_job_length": "short"}).submit_commands()  # only with want_gpu_lab
+    implied = SubmitOptions.from_kwargs({"gpu_job_length": "short"}).submit_commands()
+    assert implied["My.GPUJobLength"] == '"short"' and implied["My.WantGPULab"] == "true"
     with pytest.raises(OptionError, match="short"):
         SubmitOptions.from_kwargs({"gpu_job_length": "forever"})
+    sites = SubmitOptions.from_kwargs({
+        "want_campus_pools": True, "want_ospool": True, "job_duration_category": "Long",
+        "is_resumable": True}).submit_commands()
+    assert sites["want_campus_pools"] == "true" and sites["want_ospool"] == "true"
+    assert sites["My.JobDurationCategory"] == '"Long"' and sites["My.is_resumable"] == "true"
+    with pytest.raises(OptionError, match="Medium"):
+        SubmitOptions.from_kwargs({"job_duration_category": "Short"})
+
+
+def test_gpu_memory_is_in_mb_and_warns_when_a_unit_excludes_the_cards() -> None:
+    opts = SubmitOptions.from_kwargs({"request_gpus": 1, "gpus_minimum_memory": 20000})
+    assert opts.submit_commands()["gpus_minimum_memory"] == "20000"
+    assert SubmitOptions.from_kwargs({"gpus_minimum_memory": "15000"}).gpus_minimum_memory \
+        == "15000"
+    with pytest.warns(UserWarning, match="cards sold as 16 GB do not report"):
+        opts = SubmitOptions.from_kwargs({"request_gpus": 1, "gpus_minimum_memory": "16GB"})
+    assert opts.gpus_minimum_memory == "16384"
+    with pytest.raises(OptionError, match="MB as a number"):
+        SubmitOptions.from_kwargs({"gpus_minimum_memory": "lots"})

@@ -33,10 +33,10 @@ CASES: dict[str, dict[str, Any]] = {
     "default": {},
     "resources": {"request_cpus": 4, "request_memory": "8GB", "request_disk": "20GB",
                   "priority": 5, "requirements": 'OpSysAndVer == "AlmaLinux9"'},
-    "gpus": {"request_gpus": 2, "gpus_minimum_memory": "16GB",
+    "gpus": {"request_gpus": 2, "gpus_minimum_memory": "15000",
              "gpus_minimum_capability": 8.0},
     # GPU minimums mean nothing without GPUs: they are left out
-    "gpu_minimums_without_gpus": {"gpus_minimum_memory": "16GB",
+    "gpu_minimums_without_gpus": {"gpus_minimum_memory": "15000",
                                   "gpus_minimum_capability": 7.5},
     "container_image": {"container_image": "docker://python:3.11-slim"},
     "python": {"python": "/opt/conda/bin/python"},

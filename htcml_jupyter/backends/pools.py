@@ -2,7 +2,9 @@
 
 In order: an explicit ``pool=``/``backend=`` argument; the ``HTCML_POOL`` setting;
 ``CONDOR_CONFIG`` or a system HTCondor configuration (the local schedd); the
-project's own pool when it is up; otherwise local subprocesses, with a notice
+project's own pool when it is up (when its isolated pool is up too, the map's header
+says so), else the project's isolated pool when that is the one up; otherwise local
+subprocesses, with a notice
 (``HTCML_LOCAL_FALLBACK=0`` turns the fallback into an error).
 
 A pool is named by ``"local"``, ``"project"`` (the project's pool, see ``htcml pool
@@ -121,11 +123,20 @@ def resolve_backend(pool: str | None = None, backend: str | None = None,
         return _named(config)
     if Path(SYSTEM_CONFIG).is_file():
         return CondorBackend(None, description="the local HTCondor pool")
-    project = project_backend()
+    project, isolated = project_backend(), isolated_backend()
     if project is not None:
         try:
             project.check_reachable()
+            if isolated is not None:  # both are up: say which one, and how to pick the other
+                project.description = ("the project's pool (the isolated pool is up too: "
+                                       "pool='isolated' uses it)")
             return project
+        except PoolUnavailable:
+            pass
+    if isolated is not None:  # the one of the project's pools that the user started
+        try:
+            isolated.check_reachable()
+            return isolated
         except PoolUnavailable:
             pass
     if backend == "condor" or not _fallback_allowed(fallback):

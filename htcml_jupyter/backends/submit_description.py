@@ -12,7 +12,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.options import LATE_MATERIALIZATION, RESERVED_COMMANDS, OptionError, SubmitOptions
+from ..engine.options import (
+    LATE_MATERIALIZATION,
+    RESERVED_COMMANDS,
+    OptionError,
+    SubmitOptions,
+    default_of,
+    size_kb,
+)
 from ..engine.store import MapStore
 from ..jobside import calls, job, runner, wire
 
@@ -27,6 +34,12 @@ class JobLaunch:
     arguments_prefix: tuple[str, ...] = ()
     input_files: tuple[str, ...] = ()
     environment: dict[str, str] = field(default_factory=dict)
+    #: Files every job of the submission shares (the packed environment), sent once per
+    #: execute point as HTCondor's common input files where the schedd supports them.
+    common_input_files: tuple[str, ...] = ()
+    #: Least scratch disk (KiB) the launch itself needs (an archive and its unpacked
+    #: tree); asked for when the map's ``request_disk`` is the default and smaller.
+    disk_kb: int | None = None
 
 
 def default_launch(options: SubmitOptions) -> JobLaunch:
@@ -89,6 +102,9 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         # $(files): ", " and the job's per-item files and URLs, or nothing
         "transfer_input_files": ", ".join([*(_checked_path(p) for p in inputs),
                                            "inputs/task-$(task).pkl"]) + "$(files)",
+        **({"transfer_common_input_files": ", ".join(
+            _checked_path(p) for p in launch.common_input_files)}
+           if launch.common_input_files else {}),
         "should_transfer_files": "YES",
         # On an eviction the outcome so far and the saved checkpoints go to the schedd's
         # spool and come back with the restarted job, which resumes from the last save
@@ -118,6 +134,9 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "transfer_checkpoint_files": wire.CHECKPOINT_DIR,
     }
     commands.update(options.submit_commands())
+    if launch.disk_kb and options.request_disk == default_of("request_disk") \
+            and launch.disk_kb > size_kb(options.request_disk):
+        commands["request_disk"] = f"{launch.disk_kb}K"  # the environment must fit
     if jobs > LATE_MATERIALIZATION and not (options.max_idle or options.max_materialize):
         commands["max_idle"] = str(LATE_MATERIALIZATION)  # the schedd holds fewer at once
     if options.max_retries:

@@ -176,6 +176,12 @@ def _mount_submit(root: Path, mounts: list[str]) -> list[str]:
         shared.append(package)
     for path in shared:
         bind(path, root, mounts, read_only=path == package)
+    # An access point runs the notebook: the project code HTCondor starts there (DAGMan's
+    # PRE/POST scripts, a sweep's watcher in the local universe) runs its interpreter.
+    # Execute roots see none of it.
+    for path in interpreter_paths():
+        if not any(path == s or path.startswith(s + "/") for s in shared):
+            bind(path, root, mounts, read_only=True)
     return shared
 
 

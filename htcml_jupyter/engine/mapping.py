@@ -75,11 +75,20 @@ class Map(MapActions, MapResults):
     def environment(self) -> dict[str, Any]:
         """How the map's jobs get Python and packages: ``kind`` (shared, pack, archive,
         container), ``reason``, and for a packed environment its ``archive``, ``size``
-        in bytes, ``pack_seconds`` and whether it was ``cached``; empty until the first
-        submission chose it (and for local processes)."""
+        in bytes, ``files``, ``pack_seconds``, whether it was ``cached``, its ``route``
+        (``transfer``: sent to every job; ``common``: once per execute point; ``url``),
+        ``bytes_sent`` for the map's jobs and ``job_start_seconds`` (median over the
+        first jobs that finished); empty until the first submission chose it (and for
+        local processes)."""
         if not self._environment:  # chosen once per map: read until it is there
             record = self.store.read_meta().get("environment")
             self._environment = dict(record) if isinstance(record, dict) else {}
+        if self._environment.get("kind") in ("pack", "archive"):
+            from ..environment.costs import summarize
+
+            # what the archive costs: bytes sent for the map's jobs, each job's start
+            return summarize(self._environment, self.store.path / "logs",
+                             sum(1 for _ in self.store.tasks()))
         return dict(self._environment)
 
     def __len__(self) -> int:

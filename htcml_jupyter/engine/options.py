@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT])?\s*$", re.IGNORECASE)
+from .option_values import (
+    SIZE_PATTERN,
+    OptionError,
+    check_duration,
+    check_gpu_memory,
+    check_names,
+    check_size,
+    size_kb,
+)
+
+__all__ = ["OPTIONS", "OptionError", "OptionSpec", "SubmitOptions", "default_of",
+           "describe_options", "size_kb"]
 
 
-class OptionError(ValueError):
-    """An option of a map is unknown or has a value of the wrong kind."""
-
-
-def _size(name: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise OptionError(f"{name} must be a size such as 512MB or 4GB, not {value!r}")
-    if isinstance(value, (int, float)):
-        if not value > 0:
-            raise OptionError(f"{name} must be positive, not {value!r}")
-        return f"{math.ceil(value)}MB"  # a bare number is megabytes; 0.5 is 1MB, not 0MB
-    m = _SIZE.match(value)
-    if not m or not float(m.group(1)) > 0:
-        raise OptionError(f"{name} must be a positive size such as 512MB or 4GB, not "
-                          f"{value!r}")
-    return value.strip().replace(" ", "")
 
 
 def _count(name: str, value: Any) -> int:
@@ -142,7 +136,7 @@ def _files(name: str, value: Any) -> list[str]:
 
 def size_in_mb(size: str) -> int:
     """Megabytes in a size such as ``512MB``, ``4GB`` or ``2GiB`` (bare numbers are MB)."""
-    m = _SIZE.match(size)
+    m = SIZE_PATTERN.match(size)
     if not m:
         raise OptionError(f"{size!r} is not a size such as 512MB or 4GB")
     number = float(m.group(1))
@@ -192,13 +186,15 @@ def _job_length(name: str, value: Any) -> str:
 #: The one source of truth for map options: check, default, help, submit command.
 OPTIONS: dict[str, OptionSpec] = {
     "request_cpus": OptionSpec(_positive, 1, "CPU cores per job", "request_cpus", always=True),
-    "request_memory": OptionSpec(_size, "1GB", "memory per job, e.g. 512MB, 4GB",
+    "request_memory": OptionSpec(check_size, "1GB", "memory per job, e.g. 512MB, 4GB",
                                  "request_memory", always=True),
-    "request_disk": OptionSpec(_size, "1GB", "scratch disk per job", "request_disk",
+    "request_disk": OptionSpec(check_size, "1GB", "scratch disk per job", "request_disk",
                                always=True),
     "request_gpus": OptionSpec(_count, 0, "GPUs per job", "request_gpus"),
-    "gpus_minimum_memory": OptionSpec(_size, None, "least GPU memory, e.g. 16GB",
-                                      "gpus_minimum_memory", needs="request_gpus"),
+    "gpus_minimum_memory": OptionSpec(check_gpu_memory, None,
+                                      "least GPU memory in MB, e.g. 20000 (as CHTC and the "
+                                      "OSPool write it)", "gpus_minimum_memory",
+                                      needs="request_gpus"),
     "gpus_minimum_capability": OptionSpec(_capability, None,
                                           "least CUDA capability, e.g. 7.5",
                                           "gpus_minimum_capability", needs="request_gpus"),
@@ -224,10 +220,24 @@ OPTIONS: dict[str, OptionSpec] = {
                                "My.WantGPULab", render=_classad_bool),
     "gpu_job_length": OptionSpec(_job_length, None,
                                  "CHTC GPU Lab job length: short, medium or long "
-                                 "(+GPUJobLength)", "My.GPUJobLength", needs="want_gpu_lab",
+                                 "(+GPUJobLength; implies want_gpu_lab)", "My.GPUJobLength",
                                  render=_classad_string),
+    "want_campus_pools": OptionSpec(_flag, False,
+                                    "CHTC: let jobs run on other campus pools "
+                                    "(want_campus_pools)", "want_campus_pools",
+                                    render=_classad_bool),
+    "want_ospool": OptionSpec(_flag, False, "CHTC: let jobs run on the OSPool (want_ospool)",
+                              "want_ospool", render=_classad_bool),
+    "job_duration_category": OptionSpec(check_duration, None,
+                                        "OSPool: 'Medium' or 'Long' "
+                                        "(+JobDurationCategory; the OSPool assumes Medium)",
+                                        "My.JobDurationCategory", render=_classad_string),
+    "is_resumable": OptionSpec(_flag, False,
+                               "CHTC: the jobs checkpoint, so more GPUs may run them "
+                               "(+is_resumable)", "My.is_resumable", render=_classad_bool),
     "want_flocking": OptionSpec(_flag, False,
-                                "let jobs flock from CHTC to other pools (+WantFlocking)",
+                                "let jobs flock to other pools (+WantFlocking; CHTC now "
+                                "uses want_campus_pools and want_ospool)",
                                 "My.WantFlocking", render=_classad_bool),
     "input_files": OptionSpec(_files, [], "files or URLs sent to every job's folder"),
     "output_destination": OptionSpec(_destination, None,
@@ -237,6 +247,12 @@ OPTIONS: dict[str, OptionSpec] = {
     "environment": OptionSpec(_text, "auto",
                               "how jobs get Python and packages: 'auto', 'pack', 'shared', or "
                               "the path or URL of an archive from `htcml env pack`"),
+    "pack_include": OptionSpec(check_names, [],
+                               "distributions (or site-packages folders) a packed "
+                               "environment keeps although only the notebook seems to use "
+                               "them, e.g. ['ipython'] or ['torch/include']"),
+    "pack_exclude": OptionSpec(check_names, [],
+                               "distributions a packed environment leaves out as well"),
     "python": OptionSpec(_text, None,
                          "interpreter on the execute node (default: this one's path, or "
                          "python3 in a container)"),
@@ -258,6 +274,10 @@ def describe_options() -> str:
 def default_of(name: str) -> Any:
     """The default of option ``name`` (what the magics show and fall back to)."""
     return OPTIONS[name].default
+
+
+#: Options kept as tuples in :class:`SubmitOptions` (lists in ``map.json``).
+_TUPLES = ("input_files", "pack_include", "pack_exclude")
 
 
 @dataclass(frozen=True)
@@ -284,10 +304,16 @@ class SubmitOptions:
     project_name: str | None = None
     want_gpu_lab: bool = False
     gpu_job_length: str | None = None
+    want_campus_pools: bool = False
+    want_ospool: bool = False
+    job_duration_category: str | None = None
+    is_resumable: bool = False
     want_flocking: bool = False
     input_files: tuple[str, ...] = ()
     output_destination: str | None = None
     environment: str = OPTIONS["environment"].default
+    pack_include: tuple[str, ...] = ()
+    pack_exclude: tuple[str, ...] = ()
     python: str | None = None
     chirp: bool = OPTIONS["chirp"].default
     submit_extra: Mapping[str, str] = field(default_factory=dict)
@@ -306,7 +332,10 @@ class SubmitOptions:
                 values[name] = spec.check(name, options[name])
             else:
                 values[name] = spec.default
-        values["input_files"] = tuple(values["input_files"])
+        for name in _TUPLES:
+            values[name] = tuple(values[name])
+        if values["gpu_job_length"] and not values["want_gpu_lab"]:
+            values["want_gpu_lab"] = True  # a GPU Lab job length means the GPU Lab
         return cls(**values)
 
     @classmethod
@@ -314,14 +343,16 @@ class SubmitOptions:
         """Options as a map recorded them (``asdict()``), without checking them again:
         a map stays readable after, say, one of its input files was deleted."""
         known = {k: v for k, v in record.items() if k in OPTIONS}
-        if "input_files" in known:
-            known["input_files"] = tuple(known["input_files"])
+        for name in _TUPLES:
+            if name in known:
+                known[name] = tuple(known[name])
         return cls(**known)
 
     def asdict(self) -> dict[str, Any]:
         """The options as plain JSON-able values (stored in the map's ``map.json``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["input_files"] = list(self.input_files)
+        for name in _TUPLES:
+            out[name] = list(getattr(self, name))
         out["submit_extra"] = dict(self.submit_extra)
         return out
 

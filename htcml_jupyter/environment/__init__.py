@@ -14,20 +14,31 @@ The choice is made once per map, at its first submission, and recorded in the ma
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.submit_description import JobLaunch
-from ..engine.errors import PoolUnavailable
-from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains
-from .launch import archive_name, bootstrap_script, cloudpickle_folder, launch_for
+from ..backends.submit_description import JobLaunch, default_launch
+from ..engine.errors import HTCMLError, PoolUnavailable
+from ..jobside.wire import read_header
+from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
+from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, summarize, warn_if_costly
+from .launch import (
+    archive_name,
+    bootstrap_script,
+    cloudpickle_folder,
+    launch_for,
+    supports_common_files,
+)
 from .layout import EnvSource
+from .lean import distributions_of_modules, pickle_names
 from .packing import (
     PackedEnvironment,
     PackProgress,
     default_cache_dir,
     export_archive,
     pack_environment,
+    read_sidecar,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Decision", "EnvSource", "PackProgress", "PackedEnvironment",
            "archive_name", "auto_decision", "bootstrap_script", "cloudpickle_folder",
            "decide", "default_cache_dir", "export_archive", "job_launch", "launch_for",
-           "pack_environment", "pool_domains", "size_text"]
+           "pack_environment", "pool_domains", "size_text", "summarize"]
 
 
 def size_text(n: float) -> str:
@@ -59,7 +70,7 @@ def _say(text: str) -> None:
     note(text, logger="htcml_jupyter.environment")
 
 
-def _pack_for(store: MapStore) -> tuple[PackedEnvironment, str]:
+def _pack_for(store: MapStore, source: EnvSource) -> tuple[PackedEnvironment, str]:
     """Pack (or reuse) the running environment; link the archive into the map's folder
     when possible, so the map keeps it and the jobs' file transfer reads it there."""
     shown = [-1]
@@ -71,7 +82,7 @@ def _pack_for(store: MapStore) -> tuple[PackedEnvironment, str]:
             _say(f"environment: packing {p.files_done}/{p.files_total} files, "
                  f"{size_text(p.bytes_done)} of {size_text(p.bytes_total)}")
 
-    packed = pack_environment(progress=progress)
+    packed = pack_environment(source, progress=progress)
     if packed.cached:
         _say(f"environment: reusing {packed.path} ({size_text(packed.size)}, "
              f"{packed.files} files, packed earlier in {packed.pack_seconds:.1f} s)")
@@ -97,18 +108,94 @@ def _domains(backend: CondorBackend) -> tuple[str | None, list[str]]:
                               f"filesystem domains its machines have: {exc}") from exc
 
 
-def _record(decision: Decision, store: MapStore) -> dict[str, Any]:
+def _lean_source(store: MapStore, options: SubmitOptions) -> EnvSource:
+    """The running environment, lean, keeping what the map's pickled function names
+    (read with pickletools: nothing is unpickled) and the map's own overrides."""
+    source = EnvSource.current()
+    names: set[str] = set()
+    try:
+        with open(store.function_file, "rb") as f:
+            read_header(f)
+            names = pickle_names(f.read())
+    except (OSError, ValueError):
+        pass
+    wanted = distributions_of_modules(names - {"htcml_jupyter"}, source.site_dirs)
+    wanted.discard("htcml-jupyter")
+    return source.with_choice(include=(*sorted(wanted), *options.pack_include),
+                              exclude=tuple(options.pack_exclude))
+
+
+def _disk_kb(record: dict[str, Any]) -> int | None:
+    """Scratch disk a job needs for the archive and its unpacked tree, in KiB."""
+    size, unpacked = record.get("size"), record.get("unpacked_bytes")
+    if not isinstance(size, int) or not isinstance(unpacked, int):
+        return None
+    return (size + unpacked) // 1024 + 1
+
+
+def _record(decision: Decision, store: MapStore, options: SubmitOptions,
+            common: bool) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": decision.kind, "reason": decision.reason,
                               "archive": decision.archive, "size": None,
-                              "pack_seconds": None, "cached": None}
+                              "pack_seconds": None, "cached": None,
+                              "cloudpickle": cloudpickle_folder()}
+    if decision.kind == "shared":
+        record["interpreter"] = default_launch(options).executable
     if decision.kind == "pack":
-        packed, sent = _pack_for(store)
+        packed, sent = _pack_for(store, _lean_source(store, options))
+        meta = read_sidecar(packed.path) or {}
         record.update(archive=sent, size=packed.size, digest=packed.digest,
-                      pack_seconds=round(packed.pack_seconds, 2), cached=packed.cached,
-                      python=packed.python)
+                      sha256=packed.sha256, pack_seconds=round(packed.pack_seconds, 2),
+                      cached=packed.cached, python=packed.python, files=packed.files,
+                      unpacked_bytes=meta.get("unpacked_bytes"),
+                      left_out=meta.get("left_out"))
     elif decision.archive and not is_url(decision.archive):
         record["size"] = Path(decision.archive).stat().st_size
+        meta = read_sidecar(Path(decision.archive)) or {}
+        record.update(files=meta.get("files"), unpacked_bytes=meta.get("unpacked_bytes"))
+    if decision.kind in ("pack", "archive"):
+        record["route"] = (ROUTE_URL if is_url(str(record["archive"]))
+                           else ROUTE_COMMON if common else ROUTE_TRANSFER)
     return record
+
+
+def _common_files(backend: CondorBackend) -> bool:
+    """Whether the pool's schedd sends common input files once per execute point."""
+    try:
+        return supports_common_files(schedd_version(backend.config))
+    except Exception:
+        return False
+
+
+def _still_there(record: dict[str, Any]) -> dict[str, Any]:
+    """The map's recorded environment, when its interpreter and archive still exist
+    here; a clear error when not (never a new pack of whichever process retries)."""
+    for key, what in (("interpreter", "interpreter"), ("cloudpickle", "cloudpickle"),
+                      ("archive", "packed environment")):
+        path = record.get(key)
+        if (key != "archive" or record.get("kind") in ("pack", "archive")) and \
+                isinstance(path, str) and not is_url(path) and os.path.isabs(path) and \
+                not os.path.exists(path):
+            raise HTCMLError(
+                f"the map's {what} {path} is gone, so its jobs cannot run again as they "
+                f"were made; a retry never swaps in another environment.  Restore it, or "
+                f"map the function again (htc.map) to make a new map")
+    return record
+
+
+def _launch(record: dict[str, Any], options: SubmitOptions) -> JobLaunch:
+    launch = launch_for(record["kind"], options, record.get("archive"),
+                        common_files=record.get("route") == ROUTE_COMMON)
+    # The interpreter and cloudpickle recorded at the first submission, not this
+    # process's own: a retry from the sidebar's server runs the map's environment.
+    here = cloudpickle_folder()
+    pickler = str(record.get("cloudpickle") or here)
+    launch = replace(launch, input_files=tuple(pickler if f == here else f
+                                               for f in launch.input_files))
+    if record["kind"] == "shared" and record.get("interpreter"):
+        launch = replace(launch, executable=str(record["interpreter"]))
+    disk = _disk_kb(record)
+    return replace(launch, disk_kb=disk) if disk else launch
 
 
 def job_launch(store: MapStore, options: SubmitOptions, backend: CondorBackend) -> JobLaunch:
@@ -137,13 +224,13 @@ def job_launch(store: MapStore, options: SubmitOptions, backend: CondorBackend) 
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         decision = decide(options, lambda: _domains(backend))
         _say(f"environment: {decision.kind} ({decision.reason})")
-        record = _record(decision, store)
-    elif record["kind"] == "pack" and not os.path.exists(str(record.get("archive"))):
-        _say(f"environment: the map's archive {record.get('archive')} is gone; packing again")
-        record = _record(Decision("pack", str(record.get("reason", ""))), store)
-    else:
-        return launch_for(record["kind"], options, record.get("archive"))
+        common = decision.kind in ("pack", "archive") and _common_files(backend)
+        record = _record(decision, store, options, common)
+    else:  # a later submission (a retry, from any process) runs what the map recorded
+        return _launch(_still_there(record), options)
     meta = store.read_meta()
     meta["environment"] = record
     store.write_meta(meta)
-    return launch_for(record["kind"], options, record.get("archive"))
+    jobs = sum(1 for _ in store.tasks())
+    warn_if_costly(record, jobs)
+    return _launch(record, options)

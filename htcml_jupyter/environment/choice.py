@@ -128,6 +128,17 @@ def pool_domains(config: str | None) -> Domains:
     return call_with_pool(config, ask)
 
 
+def schedd_version(config: str | None) -> str:
+    """The ``CondorVersion`` of the pool's schedd (``"$CondorVersion: 23.9.6 ..."``)."""
+    from ..backends.bindings import call_with_pool
+
+    def ask(htcondor2: Any) -> str:
+        located = htcondor2.Collector().locate(htcondor2.DaemonType.Schedd)
+        return str(located.get("CondorVersion", ""))
+
+    return call_with_pool(config, ask)
+
+
 def _schedd_domain(htcondor2: Any, collector: Any) -> str | None:
     """``FileSystemDomain`` of the schedd's ad if it has one, else the schedd's own
     ``FILESYSTEM_DOMAIN`` setting."""

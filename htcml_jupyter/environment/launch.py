@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from ..backends.submit_description import JobLaunch, default_launch
 from ..engine.options import SubmitOptions
 from ..jobside import runner
+from .choice import is_url
 
 
 def bootstrap_script() -> Path:
@@ -35,20 +36,24 @@ def archive_name(archive: str) -> str:
     return os.path.basename(archive)
 
 
-def launch_for(kind: str, options: SubmitOptions, archive: str | None = None) -> JobLaunch:
+def launch_for(kind: str, options: SubmitOptions, archive: str | None = None, *,
+               common_files: bool = False) -> JobLaunch:
     """How a job starts with an environment of ``kind``.
 
     Parameters
     ----------
     kind
         ``"shared"`` or ``"container"``: the interpreter of :func:`default_launch`;
-        ``"pack"``: ``bootstrap.sh``, which fetches the packed ``archive`` through chirp
-        when its machine has no unpacked copy; ``"archive"``: ``bootstrap.sh`` with
-        ``archive`` (a path, or a URL HTCondor fetches) sent along.
+        ``"pack"`` and ``"archive"``: ``bootstrap.sh``, with ``archive`` (a path HTCondor
+        transfers, or a URL its transfer plugins fetch) as one of the job's input files,
+        so it is counted in the job's transfer statistics and resumable like any input.
     options
         The map's submit options.
     archive
         The archive, for ``"pack"`` and ``"archive"``.
+    common_files
+        Send the archive as a common input file (HTCondor 25.14 and later schedds): an
+        execute point receives it once for all the jobs of the map it runs.
     """
     pickler = cloudpickle_folder()
     if kind in ("shared", "container"):
@@ -61,14 +66,20 @@ def launch_for(kind: str, options: SubmitOptions, archive: str | None = None) ->
     if kind not in ("pack", "archive") or not archive:
         raise ValueError(f"no launch for an environment of kind {kind!r} "
                          f"(archive {archive!r})")
-    if kind == "pack":
-        # The pack stays on the submit side: a job fetches it through chirp only when its
-        # machine holds no unpacked copy yet (bootstrap.sh --fetch), so a warm machine
-        # costs no transfer at all.
-        return JobLaunch(executable=str(bootstrap_script()), transfer_executable=True,
-                         arguments_prefix=("--fetch", os.path.abspath(archive),
-                                           archive_name(archive)),
-                         input_files=(pickler,))
+    if not is_url(archive):
+        archive = os.path.abspath(archive)
     return JobLaunch(executable=str(bootstrap_script()), transfer_executable=True,
                      arguments_prefix=(archive_name(archive),),
-                     input_files=(archive, pickler))
+                     input_files=(pickler,) if common_files else (archive, pickler),
+                     common_input_files=(archive,) if common_files else ())
+
+
+def supports_common_files(version: str) -> bool:
+    """Whether a schedd of ``version`` (``"$CondorVersion: 25.14.1 ..."`` or
+    ``"25.14.1"``) sends common input files once per execute point."""
+    import re
+
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    if match is None:
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= (25, 14)

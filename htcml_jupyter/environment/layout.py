@@ -34,12 +34,14 @@ import site
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from .lean import SKIPPED_FOLDERS, SKIPPED_PATHS, SKIPPED_SUFFIXES, choose, installed
+
 #: Bumped whenever the archive's layout changes, so old cache entries are not reused.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 #: The file in the archive's top folder that the job's bootstrap script reads.
 INFO_FILE = "htcml-env.txt"
 
@@ -78,8 +80,13 @@ class EnvSource:
     site_dirs
         site-packages folders, first one winning when two hold the same file.
     exclude
-        Top-level names in site-packages to leave out (a package or module and its
-        ``.dist-info``), for tools the jobs never use: ``("playwright", "jupyterlab")``.
+        Distributions (or top-level names in site-packages) to leave out, for tools the
+        jobs never use: ``("playwright", "jupyterlab")``.
+    include
+        Distributions to keep even where the lean rules would leave them out.
+    lean
+        Leave out what only the notebook uses (see :mod:`.lean`); ``False`` packs every
+        installed distribution.
     """
 
     prefix: Path
@@ -87,6 +94,15 @@ class EnvSource:
     version: tuple[int, int]
     site_dirs: tuple[Path, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    lean: bool = True
+
+    def with_choice(self, *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                    lean: bool | None = None) -> EnvSource:
+        """The same source with more names kept or left out."""
+        return replace(self, include=tuple(sorted({*self.include, *include})),
+                       exclude=tuple(sorted({*self.exclude, *exclude})),
+                       lean=self.lean if lean is None else lean)
 
     @classmethod
     def current(cls) -> EnvSource:
@@ -113,16 +129,19 @@ def _file_entry(arcname: str, path: str, st: os.stat_result) -> Entry:
 
 
 def _walk(root: str, arcroot: str, skip_top: set[str], skip_any: set[str],
-          skip_top_prefix: tuple[str, ...] = ()) -> Iterator[Entry]:
-    """Files under ``root`` (no ``.pyc``); links to files are followed unless they are
-    relative links to a neighbour, which stay links."""
+          skip_top_prefix: tuple[str, ...] = (),
+          skip_suffixes: tuple[str, ...] = (".pyc", ".pyo"),
+          skip_paths: frozenset[str] = frozenset()) -> Iterator[Entry]:
+    """Files under ``root`` (none ending in ``skip_suffixes``); links to files are
+    followed unless they are relative links to a neighbour, which stay links."""
     for dirpath, dirs, files in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         top = rel == "."
         dirs[:] = sorted(d for d in dirs if d not in skip_any and not (top and (
-            d in skip_top or d.startswith(skip_top_prefix or ("\0",)))))
+            d in skip_top or d.startswith(skip_top_prefix or ("\0",))))
+            and (d if top else f"{rel}/{d}") not in skip_paths)
         for name in sorted(files):
-            if name.endswith((".pyc", ".pyo")):
+            if name.endswith(skip_suffixes):
                 continue
             path = os.path.join(dirpath, name)
             arcname = f"{arcroot}/{name}" if top else f"{arcroot}/{rel}/{name}"
@@ -214,9 +233,13 @@ def _top_name(name: str) -> str:
     return stem.lower().replace("-", "_")
 
 
-def _site_entries(site_dir: Path, arcroot: str,
-                  exclude: frozenset[str] = frozenset()) -> Iterator[Entry]:
-    """site-packages without caches, with editable installs copied in."""
+def _site_entries(site_dir: Path, arcroot: str, exclude: frozenset[str] = frozenset(),
+                  lean: bool = False, kept_paths: tuple[str, ...] = ()) -> Iterator[Entry]:
+    """site-packages without caches (and, when ``lean``, without test suites and type
+    stubs), with editable installs copied in."""
+    skip_any = set(SKIPPED_FOLDERS) if lean else {"__pycache__"}
+    suffixes = SKIPPED_SUFFIXES if lean else (".pyc", ".pyo")
+    skip_paths = frozenset(SKIPPED_PATHS - set(kept_paths)) if lean else frozenset()
     editable = _editable_dists(site_dir)
     dropped: set[str] = set()
     extra: dict[str, str] = {}
@@ -232,7 +255,8 @@ def _site_entries(site_dir: Path, arcroot: str,
         extra.update({k: v for k, v in _finder_mapping(finder).items() if os.path.exists(v)})
         dropped.add(finder.name)
     skip_top = {n for n in os.listdir(site_dir) if _top_name(n) in exclude}
-    for entry in _walk(str(site_dir), arcroot, skip_top, {"__pycache__"}):
+    for entry in _walk(str(site_dir), arcroot, skip_top, skip_any, skip_suffixes=suffixes,
+                       skip_paths=skip_paths):
         rel = entry.arcname[len(arcroot) + 1:]
         if rel not in dropped and _top_name(rel.split("/")[0]) not in exclude:
             yield entry
@@ -240,7 +264,8 @@ def _site_entries(site_dir: Path, arcroot: str,
         if name == _SELF or _top_name(name) in exclude:
             continue
         if os.path.isdir(path):
-            yield from _walk(path, f"{arcroot}/{name}", set(), _STDLIB_SKIP_ANY)
+            yield from _walk(path, f"{arcroot}/{name}", set(), _STDLIB_SKIP_ANY,
+                             skip_suffixes=suffixes)
         else:
             yield _file_entry(f"{arcroot}/{os.path.basename(path)}", path, os.stat(path))
 
@@ -273,13 +298,31 @@ def plan(source: EnvSource) -> list[Entry]:
     entries.extend(_walk(str(lib / py), f"lib/{py}", _STDLIB_SKIP_TOP, _STDLIB_SKIP_ANY,
                          ("config-",)))  # config-3.X-*: the static library, for builds
     seen = {e.arcname for e in entries}
+    skip = left_out_names(source)
     for site_dir in source.site_dirs:
-        skip = frozenset(_top_name(n) for n in source.exclude)
-        for entry in _site_entries(site_dir, f"lib/{py}/site-packages", skip):
+        for entry in _site_entries(site_dir, f"lib/{py}/site-packages", skip, source.lean,
+                                   tuple(p.strip("/") for p in source.include if "/" in p)):
             if entry.arcname not in seen:
                 seen.add(entry.arcname)
                 entries.append(entry)
     return entries
+
+
+def left_out_names(source: EnvSource) -> frozenset[str]:
+    """The top-level names in site-packages that ``source`` leaves out (normalized as
+    :func:`_top_name` does)."""
+    named = {_top_name(n) for n in source.exclude}
+    if not source.lean:
+        return frozenset(named)
+    choice = choose(installed(source.site_dirs), include=source.include,
+                    exclude=source.exclude)
+    return frozenset(named | {_top_name(n) for n in choice.top_names})
+
+
+def plan_summary(source: EnvSource) -> tuple[int, int]:
+    """``(files, bytes)`` the archive of ``source`` holds, unpacked."""
+    files = [e for e in plan(source) if e.link is None]
+    return len(files), sum(e.size for e in files)
 
 
 def _size_time(path: Path) -> tuple[int, int]:

@@ -9,13 +9,17 @@ relocatable prefix (see :mod:`.layout`).
 The archive is a plain tar compressed as a series of gzip members, each compressed on
 its own thread (zlib releases the GIL), so both cores of a small notebook machine work;
 ``tar xzf`` and ``gzip -d`` read such a file as one stream.  Archives are cached as
-``$HTCML_HOME/envs/<digest>.tar.gz`` with a JSON sidecar ``<digest>.json`` (size, file
-count, python version, seconds it took); a later pack of an unchanged environment only
-lists and stats its files.
+``$HTCML_HOME/envs/<digest>.tar.gz``, named by the SHA-256 of their bytes (so a copy
+staged on OSDF, which caches by name, is never confused with another, and an execute
+node can check what it received), with a JSON sidecar ``<digest>.json`` (size, file
+count, python version, seconds it took, the full SHA-256).  An index file
+``manifest-<manifest digest>.json`` finds the archive of an unchanged environment: a
+later pack only lists and stats its files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,10 +33,18 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..paths import htcml_home
-from .layout import INFO_FILE, Entry, EnvSource, info_text, manifest_digest, plan
+from .layout import (
+    INFO_FILE,
+    Entry,
+    EnvSource,
+    info_text,
+    manifest_digest,
+    plan,
+)
+from .lean import left_out
 
 #: gzip level: 1 is about 3 times faster than 6 for 10% more bytes on a torch install.
 DEFAULT_LEVEL = 1
@@ -58,7 +70,7 @@ class PackedEnvironment:
     path
         The archive.
     digest
-        The manifest hash naming it.
+        The start of its bytes' SHA-256, naming it (``<digest>.tar.gz``).
     size
         Its size in bytes.
     files
@@ -71,6 +83,8 @@ class PackedEnvironment:
         How long this call took (listing the files only, when ``cached``).
     cached
         Whether an archive made earlier was reused.
+    sha256
+        The SHA-256 of the archive's bytes.
     """
 
     path: Path
@@ -81,11 +95,29 @@ class PackedEnvironment:
     pack_seconds: float
     seconds: float
     cached: bool
+    sha256: str = ""
 
 
 def default_cache_dir() -> Path:
     """``$HTCML_HOME/envs``: where packed environments are kept."""
     return htcml_home() / "envs"
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only stream that passes what it gets to ``out`` and hashes it."""
+
+    def __init__(self, out: BinaryIO):
+        super().__init__()
+        self._out = out
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self._out.write(data)
+        return len(data)
 
 
 class _GzipMembers(io.RawIOBase):
@@ -190,12 +222,42 @@ def read_sidecar(archive: Path) -> dict[str, Any] | None:
     return data
 
 
+#: Hex digits of the SHA-256 that name an archive.
+DIGEST_CHARS = 32
+
+
+def _index(cache: Path, manifest: str) -> Path:
+    return cache / f"manifest-{manifest}.json"
+
+
+def _cached(cache: Path, manifest: str, started: float) -> PackedEnvironment | None:
+    """The archive an earlier pack of the same manifest made, if it is still there."""
+    try:
+        name = json.loads(_index(cache, manifest).read_text())["archive"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = cache / str(name)
+    meta = read_sidecar(path)
+    if meta is None or not path.is_file():
+        return None
+    return PackedEnvironment(path, path.name[:-len(".tar.gz")], path.stat().st_size,
+                             int(meta["files"]), str(meta["python"]),
+                             float(meta["pack_seconds"]), time.monotonic() - started,
+                             cached=True, sha256=str(meta.get("sha256", "")))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def pack_environment(source: EnvSource | None = None, *, cache_dir: Path | None = None,
                      level: int = DEFAULT_LEVEL,
                      progress: Callable[[PackProgress], None] | None = None,
                      ) -> PackedEnvironment:
-    """Pack ``source`` (default: the running interpreter and its packages), or reuse the
-    archive of an identical earlier pack.
+    """Pack ``source`` (default: the running interpreter and its packages, lean: see
+    :mod:`.lean`), or reuse the archive of an identical earlier pack.
 
     Parameters
     ----------
@@ -217,19 +279,19 @@ def pack_environment(source: EnvSource | None = None, *, cache_dir: Path | None 
     source = source or EnvSource.current()
     cache = cache_dir or default_cache_dir()
     entries = plan(source)
-    digest = manifest_digest(entries, source, level)
-    path = cache / f"{digest}.tar.gz"
-    meta = read_sidecar(path)
-    if meta is not None and path.exists():
-        return PackedEnvironment(path, digest, path.stat().st_size, int(meta["files"]),
-                                 str(meta["python"]), float(meta["pack_seconds"]),
-                                 time.monotonic() - started, cached=True)
+    manifest = manifest_digest(entries, source, level)
+    found = _cached(cache, manifest, started)
+    if found is not None:
+        return found
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{digest}.tar.gz.{os.getpid()}"
+    tmp = cache / f".{manifest}.tar.gz.{os.getpid()}"
     try:
         with open(tmp, "wb") as out:
-            files = write_archive(entries, info_text(source), out, level=level,
-                                  progress=progress)
+            hashing = _Hashing(out)
+            files = write_archive(entries, info_text(source), cast(BinaryIO, hashing),
+                                  level=level, progress=progress)
+        sha256 = hashing.sha256.hexdigest()
+        path = cache / f"{sha256[:DIGEST_CHARS]}.tar.gz"
         os.chmod(tmp, 0o644)  # the pool's file transfer may read it as another user
         os.replace(tmp, path)
     finally:
@@ -237,15 +299,20 @@ def pack_environment(source: EnvSource | None = None, *, cache_dir: Path | None 
     seconds = time.monotonic() - started
     python = "{}.{}.{}".format(*sys.version_info[:3]) if source.executable == Path(
         os.path.realpath(sys.executable)) else "{}.{}".format(*source.version)
-    meta = {"digest": digest, "size": path.stat().st_size, "files": files, "python": python,
+    meta: dict[str, Any] = {"digest": sha256[:DIGEST_CHARS], "sha256": sha256,
+            "manifest": manifest,
+            "size": path.stat().st_size, "files": files, "python": python,
             "pack_seconds": round(seconds, 2), "level": level, "created": time.time(),
+            "unpacked_bytes": sum(e.size for e in entries),
+            "left_out": left_out(source),
+            "lean": source.lean, "include": list(source.include),
+            "exclude": list(source.exclude),
             "source": {"prefix": str(source.prefix),
                        "site_dirs": [str(p) for p in source.site_dirs]}}
-    side = _sidecar(path)
-    side.with_suffix(".tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(side.with_suffix(".tmp"), side)
-    return PackedEnvironment(path, digest, int(meta["size"]), files, python, seconds,
-                             seconds, cached=False)
+    _write_json(_sidecar(path), meta)
+    _write_json(_index(cache, manifest), {"archive": path.name})
+    return PackedEnvironment(path, sha256[:DIGEST_CHARS], int(meta["size"]), files, python,
+                             seconds, seconds, cached=False, sha256=sha256)
 
 
 def export_archive(packed: PackedEnvironment, output: Path) -> Path:

@@ -2,35 +2,37 @@
 # Start a job with a packed Python environment (made by `htcml env pack`).
 #
 # Usage: bootstrap.sh ARCHIVE runner.py FUNCTION_FILE INPUT_FILE OUTCOME_FILE
-#        bootstrap.sh --fetch SUBMIT_SIDE_PATH ARCHIVE runner.py ...
 #
-# With --fetch the archive is not sent with the job: it is fetched from the submit side
-# through the job's chirp connection (condor_chirp fetch), and only when this machine
-# has no unpacked copy of it yet.
-#
-# Unpacks ARCHIVE (a .tar.gz in the job's folder) into ./htcml_env once, checks that
-# the packed interpreter starts here, then runs the rest of the arguments with it.
-# When the archive cannot be unpacked or the interpreter cannot start (a missing C
-# library, an older glibc, another machine type), it prints one line saying what the
-# execute side needs and has, and exits with EXIT_ENVIRONMENT_FAILED (wire.py).
+# ARCHIVE (a .tar.gz in the job's folder, sent by HTCondor's file transfer, or fetched
+# by it from a URL) is unpacked into ./htcml_env, the packed interpreter is checked to
+# start here, and the rest of the arguments run with it.  When the archive cannot be
+# unpacked or the interpreter cannot start (a missing C library, an older glibc,
+# another machine type), it prints one line saying what the execute side needs and has,
+# and exits with EXIT_ENVIRONMENT_FAILED (wire.py).
 # POSIX sh; needs only tar with gzip support (and uname, mkdir, rm).
 #
-# Where jobs of one user share the machine's /tmp (pools that do not give each job a
-# private /tmp), the unpacked environment is kept there, in a folder only this user can
-# read, named by the archive's content digest: the next job on that machine links it
-# instead of unpacking again.  HTCML_ENV_CACHE names another folder, or "none".
+# The machine cache.  Where jobs of one user share the machine's /tmp (pools that set
+# MOUNT_UNDER_SCRATCH empty; HTCondor's default gives each job its own /tmp, where this
+# cache lives only as long as the job), the unpacked tree is kept in
+# /tmp/htcml-env-<uid>/<digest> and later jobs link it instead of unpacking again.  It is
+# trusted only when all of these hold:
+#   - ARCHIVE is named by its digest (the start of its SHA-256) and sha256sum confirms
+#     the bytes before anything is taken from the cache;
+#   - the cache folder and the tree are real folders (no links), owned by this user,
+#     mode 700, and the tree's .complete file holds the archive's full SHA-256;
+#   - the job ad's Owner is this machine user (pilots of glidein pools run several
+#     submitters under one uid: there the cache is off unless
+#     HTCML_ENV_CACHE_SHARED_UID=1 says the pool keeps submitters apart).
+# A tree in use is held with a shared flock; trees beyond HTCML_ENV_CACHE_MAX_MB
+# (default 20000) are removed oldest first, never one in use.  HTCML_ENV_CACHE names
+# another cache folder, or "none".
 
 EXIT_ENVIRONMENT_FAILED=5
+started=$(date +%s.%N 2>/dev/null)
+how=unpacked
 
-remote=
-if [ "$1" = --fetch ]; then
-    remote=$2
-    archive=$3
-    shift 3
-else
-    archive=$1
-    shift
-fi
+archive=$1
+shift
 env_dir=$(pwd)/htcml_env
 python=$env_dir/bin/python3
 
@@ -56,48 +58,94 @@ EOF
     printf '%.300s' "$found"
 }
 
-fetch() {
-    # the archive from the submit side, unless it came with the job
-    [ -f "$archive" ] && return 0
-    [ -n "$remote" ] || return 0
-    chirp=$(condor_config_val LIBEXEC 2>/dev/null)/condor_chirp
-    [ -x "$chirp" ] || chirp=/usr/libexec/condor/condor_chirp
-    [ -x "$chirp" ] || fail "condor_chirp, to fetch the environment $remote" \
-                            "none in HTCondor's LIBEXEC folder"
-    if ! out=$("$chirp" fetch "$remote" "$archive" 2>&1); then
-        rm -f "$archive"
-        fail "a chirp connection that may read $remote from the submit side" \
-             "$(one_line "$out")"
-    fi
+make_venv() {
+    # $1: an unpacked environment; $2: the path it will have when it runs.  pyvenv.cfg
+    # makes every interpreter (Debian's too, which otherwise looks only in
+    # dist-packages) use its lib/pythonX.Y/site-packages and the standard library
+    # beside it.
+    printf 'home = %s/bin\ninclude-system-site-packages = false\n' "$2" > "$1/pyvenv.cfg"
 }
 
 # --------------------------------------------------------------- machine-wide cache
 # not $TMPDIR: HTCondor points that into the job's own folder
 cache_root=${HTCML_ENV_CACHE:-/tmp/htcml-env-$(id -u)}
 key=$(basename "$archive" .tar.gz)
+key=${key##*-}  # env-<digest>.tar.gz, as `htcml env pack --output FOLDER` names it
+cache_max_mb=${HTCML_ENV_CACHE_MAX_MB:-20000}
+
+job_owner() {
+    # the job ad's Owner ("" when there is no job ad: a local run)
+    if [ -n "$_CONDOR_JOB_AD" ] && [ -f "$_CONDOR_JOB_AD" ]; then
+        sed -n 's/^Owner = "\(.*\)"$/\1/p' "$_CONDOR_JOB_AD" | head -n 1
+    fi
+}
+
+private_dir() {
+    # $1 is a real folder (not a link) of this user's that only this user can open
+    [ -d "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1
+    case $(ls -ld "$1" 2>/dev/null) in
+        drwx------*) return 0 ;;
+    esac
+    return 1
+}
 
 use_cache() {
     [ "$cache_root" != none ] || return 1
     case $key in
-        ""|*[!0-9a-f]*) return 1 ;;  # only archives named by their digest (packs)
+        ""|*[!0-9a-f]*) return 1 ;;  # only archives named by their digest
     esac
-    mkdir -p "$cache_root" 2>/dev/null || return 1
-    chmod 700 "$cache_root" 2>/dev/null || return 1
-    [ -O "$cache_root" ] || return 1  # never a folder someone else made
-    return 0
+    [ "${#key}" -ge 32 ] || return 1
+    command -v sha256sum >/dev/null 2>&1 || return 1
+    owner=$(job_owner)
+    if [ -n "$owner" ] && [ "$owner" != "$(id -un 2>/dev/null)" ] \
+            && [ "${HTCML_ENV_CACHE_SHARED_UID:-0}" != 1 ]; then
+        return 1  # a pilot running jobs of several submitters under one uid
+    fi
+    if [ ! -e "$cache_root" ]; then
+        (umask 077 && mkdir "$cache_root") 2>/dev/null || return 1
+    fi
+    private_dir "$cache_root"
 }
 
-if [ ! -x "$python" ] && { [ -f "$archive" ] || [ -n "$remote" ]; } && use_cache; then
+trusted_tree() {
+    # $1: a cached tree; $2: the full SHA-256 it must have been unpacked from
+    private_dir "$1" && [ -f "$1/.complete" ] && [ ! -L "$1/.complete" ] \
+        && [ "$(cat "$1/.complete" 2>/dev/null)" = "$2" ]
+}
+
+trim_cache() {
+    # remove the oldest trees beyond the size cap, never one that a job holds
+    command -v flock >/dev/null 2>&1 || return 0
+    total=$(du -sm "$cache_root" 2>/dev/null | cut -f1)
+    for old in $(ls -tr "$cache_root" 2>/dev/null); do
+        [ "${total:-0}" -gt "$cache_max_mb" ] || return 0
+        tree=$cache_root/$old
+        [ "$old" != "$key" ] && private_dir "$tree" && [ -f "$tree/.complete" ] || continue
+        if flock -n -x "$tree/.complete" mv "$tree" "$tree.trash" 2>/dev/null; then
+            rm -rf "$tree.trash"
+            total=$(du -sm "$cache_root" 2>/dev/null | cut -f1)
+        fi
+    done
+}
+
+if [ ! -x "$python" ] && [ -f "$archive" ] && use_cache; then
     cached=$cache_root/$key
+    full=$(sha256sum "$archive" | cut -d' ' -f1)
+    case $full in
+        "$key"*) ;;
+        *) fail "an environment archive whose bytes match its name $archive" \
+                "one whose SHA-256 is $full (damaged or replaced on the way)" ;;
+    esac
     # a claim older than ten minutes belongs to a job that died while unpacking
     find "$cache_root" -maxdepth 1 -name '*.claim' -mmin +10 -exec rmdir {} \; 2>/dev/null
-    if [ ! -f "$cached/.complete" ] && mkdir "$cached.claim" 2>/dev/null; then
+    if ! trusted_tree "$cached" "$full" && mkdir "$cached.claim" 2>/dev/null; then
         tmp=$cache_root/.unpack.$$
-        rm -rf "$tmp" && mkdir "$tmp"
-        claimed=$cached.claim  # given back by fail() if the fetch fails
-        fetch
+        rm -rf "$tmp" && (umask 077 && mkdir "$tmp")
+        claimed=$cached.claim
         if tar xzf "$archive" -C "$tmp" 2>/dev/null; then
-            : > "$tmp/.complete"
+            chmod 700 "$tmp"
+            make_venv "$tmp" "$cached"
+            printf '%s' "$full" > "$tmp/.complete"
             rm -rf "$cached"
             mv "$tmp" "$cached"
         else
@@ -105,23 +153,28 @@ if [ ! -x "$python" ] && { [ -f "$archive" ] || [ -n "$remote" ]; } && use_cache
         fi
         rmdir "$cached.claim"
         claimed=
+        trim_cache
     fi
     waited=0  # another job of ours may be unpacking it right now
-    while [ ! -f "$cached/.complete" ] && [ -d "$cached.claim" ] && [ "$waited" -lt 300 ]; do
+    while ! trusted_tree "$cached" "$full" && [ -d "$cached.claim" ] && [ "$waited" -lt 300 ]; do
         sleep 1
         waited=$((waited + 1))
     done
-    if [ -f "$cached/.complete" ] && ln -s "$cached" "$env_dir"; then
+    if trusted_tree "$cached" "$full" && ln -s "$cached" "$env_dir"; then
         rm -f "$archive"
+        # held while this job runs, so trim_cache never removes the tree under it
+        if command -v flock >/dev/null 2>&1; then
+            exec 9<"$cached/.complete" && flock -s 9
+        fi
         # compiled modules written once into the machine's copy serve every later job
         unset PYTHONDONTWRITEBYTECODE
+        how="from the machine cache"
     fi
 fi
 
 # --------------------------------------------------------------- this job's own copy
 want_python=
 if [ ! -x "$python" ]; then
-    fetch
     if [ ! -f "$archive" ]; then
         fail "the environment archive $archive in the job's folder" "no such file"
     fi
@@ -132,6 +185,7 @@ if [ ! -x "$python" ]; then
              "one that tar cannot unpack: $(one_line "$out")"
     fi
     rm -f "$archive"  # the unpacked copy is all the job needs; free the disk
+    make_venv "$env_dir" "$env_dir"
 fi
 
 info=$env_dir/htcml-env.txt
@@ -177,5 +231,13 @@ if ! out=$("$python" -c "import sys, pickle, json, socket" 2>&1); then
                  "$have_machine with $have_glibc, where it fails: $(one_line "$out" last)" ;;
     esac
 fi
+
+# one line in the job's error file, read back as the map's per-job start cost
+ended=$(date +%s.%N 2>/dev/null)
+case "$started$ended" in
+    *N*|"") ;;
+    *) echo "htcml-environment: ready in $(awk "BEGIN { printf \"%.2f\", $ended - $started }") s" \
+            "($how)" >&2 ;;
+esac
 
 exec "$python" "$@"

@@ -237,7 +237,7 @@ class Checkpoint:
     A job evicted later resumes from the last spooled state on any machine.
     """
 
-    def __init__(self, every: float = 60.0, folder: str | None = None):
+    def __init__(self, every: float = 3600.0, folder: str | None = None):
         self.every = every
         self.in_job = bool(os.environ.get("_CONDOR_JOB_AD") or os.environ.get(LOCAL_ENV))
         if folder is None and not self.in_job:
@@ -312,12 +312,16 @@ def _holds_torch(state: Any) -> bool:
     return False
 
 
-def checkpoint(every: float = 60.0) -> Checkpoint:
+def checkpoint(every: float = 3600.0) -> Checkpoint:
     """The job's checkpoint: ``state = ckpt.restore()`` then ``ckpt.save(state)``.
 
-    ``every``: least seconds between two spools to the submit side (default 60).  Each
-    spool restarts the job's process, so keep it well above the time an epoch takes;
-    ``every=0`` spools at every save (epochs of minutes, or tests).
+    ``every``: least seconds between two spools to the submit side (default 3600, an
+    hour: CHTC and the OSPool advise one to five hours between checkpoints).  Each spool
+    ends the job's process and starts it again (interpreter, imports, set-up, CUDA
+    initialisation: 1-3 s on the project's pool, more with a large model), and sends the
+    checkpoint to the access point; a graceful eviction spools the last save anyway, so a
+    short interval only buys protection against crashes of the machine.  ``every=0``
+    spools at every save (epochs of hours, or tests).
     """
     return Checkpoint(every=every)
 

@@ -1,0 +1,83 @@
+"""How option values are written and checked: sizes, GPU memory in MB, lists of names.
+
+The checks of :data:`htcml_jupyter.engine.options.OPTIONS` that know a unit or a site's
+convention live here; each takes the option's name (for the message) and the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any
+
+SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT])?\s*$", re.IGNORECASE)
+
+class OptionError(ValueError):
+    """An option of a map is unknown or has a value of the wrong kind."""
+
+def check_size(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OptionError(f"{name} must be a size such as 512MB or 4GB, not {value!r}")
+    if isinstance(value, (int, float)):
+        if not value > 0:
+            raise OptionError(f"{name} must be positive, not {value!r}")
+        return f"{math.ceil(value)}MB"  # a bare number is megabytes; 0.5 is 1MB, not 0MB
+    m = SIZE_PATTERN.match(value)
+    if not m or not float(m.group(1)) > 0:
+        raise OptionError(f"{name} must be a positive size such as 512MB or 4GB, not "
+                          f"{value!r}")
+    return value.strip().replace(" ", "")
+
+_UNIT_KB = {"": 1024, "K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
+
+
+def size_kb(size: str) -> int:
+    """A size as the options write it (``"1GB"``, ``"512MB"``, ``"2G"``) in KiB, the way
+    HTCondor reads ``request_disk`` (a bare number there is KiB; here it is MB)."""
+    m = SIZE_PATTERN.match(size)
+    if not m:
+        raise OptionError(f"not a size: {size!r}")
+    unit = (m.group(2) or "M")[0].upper()
+    return math.ceil(float(m.group(1)) * _UNIT_KB[unit])
+
+def check_names(name: str, value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(
+            isinstance(v, str) and v.strip() and not any(c in v for c in " ,\n")
+            for v in items):
+        raise OptionError(f"{name} must be a list of distribution names (or folders "
+                          f"such as 'torch/include'), not {value!r}")
+    return [v.strip() for v in items]
+
+def check_gpu_memory(name: str, value: Any) -> str:
+    """GPU memory as the sites write it: a number is MB (``20000``); a size with a
+    unit is converted to MB, with a warning where the unit would leave out the very
+    cards it names (a "16 GB" card reports about 16,000 MB, less than 16 GiB)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OptionError(f"{name} must be MB as a number (e.g. 20000) or a size such as "
+                          f"20GB, not {value!r}")
+    if isinstance(value, (int, float)) or str(value).strip().isdigit():
+        mb = math.ceil(float(value))
+        if mb <= 0:
+            raise OptionError(f"{name} must be positive, not {value!r}")
+        return str(mb)
+    m = SIZE_PATTERN.match(str(value))
+    if not m or not float(m.group(1)) > 0:
+        raise OptionError(f"{name} must be MB as a number (e.g. 20000) or a size such as "
+                          f"20GB, not {value!r}")
+    mb = math.ceil(size_kb(str(value)) / 1024)
+    unit = (m.group(2) or "").upper()
+    if unit.startswith("G") and "I" not in unit:
+        warnings.warn(f"{name}={value!r} asks for {mb} MB, which cards sold as "
+                      f"{m.group(1)} GB do not report (they show about "
+                      f"{int(float(m.group(1)) * 1000)} MB or less); write the MB number the "
+                      f"sites use, e.g. {name}={int(float(m.group(1)) * 900)}", stacklevel=4)
+    return str(mb)
+
+def check_duration(name: str, value: Any) -> str:
+    if value not in ("Medium", "Long"):
+        raise OptionError(f"{name} must be 'Medium' (under 10 h, at most 20 h) or 'Long' "
+                          f"(under 20 h, at most 40 h), the OSPool's job duration "
+                          f"categories, not {value!r}")
+    return str(value)
