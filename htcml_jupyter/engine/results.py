@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
+from .folder_files import inside
 from .outcomes import OutcomeReader
 from .state import ItemState, TaskStatus, TaskTable
 from .store import MapStore
@@ -258,12 +259,13 @@ class MapResults:
         key = str(record.get("call", self.call_of(item)))
         destination = self.meta["options"].get("output_destination")
         if destination:
-            base = f"{str(destination).rstrip('/')}/task-{status.task}/{key}"
-            if "://" in base:
-                return [f"{base}/{name}" for name in names]
-            return [Path(base) / name for name in names]
-        folder = self.store.files_folder(status.task) / key
-        return [folder / name for name in names]
+            base = f"{str(destination).rstrip('/')}/task-{status.task}"
+            if "://" in base:  # names a job reported never climb out of the destination
+                return [f"{base}/{inside(Path('/'), key, name).relative_to('/')}"
+                        for name in names]
+            return [inside(Path(base), key, name) for name in names]
+        folder = self.store.files_folder(status.task)
+        return [inside(folder, key, name) for name in names]
 
     def setup_stats(self) -> list[SetupRun]:
         """Every run of the map's ``setup=`` function so far: one per job start that had
