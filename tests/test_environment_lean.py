@@ -297,3 +297,19 @@ def test_the_pool_a_user_started_is_the_pool_maps_use(
     only = pools.resolve_backend(fallback=False)
     assert only.description == "the project's isolated pool"
     assert only.kind == "condor"
+
+
+def test_the_panel_says_what_the_environment_costs() -> None:
+    from htcml_jupyter.views.progress import environment_text
+
+    record = {"kind": "pack", "size": 382_000_000, "files": 12508, "pack_seconds": 15.84,
+              "cached": False, "route": "transfer", "bytes_sent": 3_056_000_000, "jobs": 8,
+              "job_start_seconds": 9.81}
+    assert environment_text(record) == ("packed environment, 382 MB, 12508 files, packed in "
+                                        "15.8 s; 3.1 GB sent to 8 jobs, each ready in 9.8 s")
+    assert environment_text({**record, "route": "common", "cached": True}) == (
+        "reused packed environment, 382 MB, 12508 files; sent once per execute point, "
+        "each ready in 9.8 s")
+    assert environment_text({"kind": "archive", "size": 5_000_000, "route": "url"}) == (
+        "staged archive, 5 MB; fetched by the execute points from its URL")
+    assert environment_text({"kind": "shared"}) == "shared interpreter"

@@ -131,22 +131,43 @@ def snapshot(m: Map) -> MapProgress:
 
 
 def environment_text(record: dict[str, object]) -> str:
-    """The map's environment in a few words: ``"packed environment, 465 MB, packed in
-    15.8 s"``, ``"reused packed environment, 465 MB"``, ``"shared interpreter"``."""
+    """The map's environment in a few words: ``"packed environment, 382 MB, 12508 files,
+    packed in 15.8 s; 3.1 GB sent to 8 jobs, each ready in 9.8 s"``, ``"reused packed
+    environment, 382 MB"``, ``"shared interpreter"``."""
     kind = record.get("kind")
     if not kind:
         return ""
     size = record.get("size")
     size_text = f", {int(size) / 1e6:.0f} MB" if isinstance(size, (int, float)) else ""
+    files = record.get("files")
+    files_text = f", {files} files" if isinstance(files, int) else ""
     if kind == "pack":
         how = ("reused packed environment" if record.get("cached")
                else "packed environment")
         seconds = record.get("pack_seconds")
         when = (f", packed in {seconds:.1f} s" if isinstance(seconds, (int, float))
                 and not record.get("cached") else "")
-        return f"{how}{size_text}{when}"
-    return {"shared": "shared interpreter", "archive": f"staged archive{size_text}",
+        return f"{how}{size_text}{files_text}{when}{_cost_text(record)}"
+    if kind == "archive":
+        return f"staged archive{size_text}{files_text}{_cost_text(record)}"
+    return {"shared": "shared interpreter",
             "container": "container image"}.get(str(kind), str(kind))
+
+
+def _cost_text(record: dict[str, object]) -> str:
+    """``"; 3.1 GB sent to 8 jobs, each ready in 9.8 s"``: what the archive costs."""
+    sent, jobs, ready = record.get("bytes_sent"), record.get("jobs"), \
+        record.get("job_start_seconds")
+    parts = []
+    if record.get("route") == "url":
+        parts.append("fetched by the execute points from its URL")
+    elif record.get("route") == "common":
+        parts.append("sent once per execute point")
+    elif isinstance(sent, int) and isinstance(jobs, int) and jobs:
+        parts.append(f"{sent / 1e9:.1f} GB sent to {jobs} job{'s' if jobs != 1 else ''}")
+    if isinstance(ready, (int, float)):
+        parts.append(f"each ready in {ready:.1f} s")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def format_seconds(seconds: float | None) -> str:
