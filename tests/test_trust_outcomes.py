@@ -172,3 +172,29 @@ def test_the_cell_magic_takes_no_chirp(pool_env: str, ip: Any, map_root: Path,
     assert m.options.chirp is False
     assert m.results(timeout=120) == [2, 4]
     assert _want_io_proxy(pool_env, m.clusters[0]) == [None] * len(m.tasks())
+
+
+def test_outcome_files_round_trip_and_damage_is_a_value_error() -> None:
+    error = {"type": "builtins.KeyError", "message": "k", "traceback": "tb", "host": "h",
+             "python": "3.11.7", "exception": pickle.dumps(KeyError("k"))}
+    records = [
+        {"index": 4, "ok": True, "value": pickle.dumps([1, 2]), "started": 1.5, "seconds": 2},
+        {"index": 5, "ok": False, "error": error, "started": 1.0, "seconds": 0.5},
+        {"index": 6, "ok": True, "value": b"", "started": None, "seconds": None,
+         "call": 6, "files": ["a.txt"]},
+        wire.lost_record(7, "lost", "h", "3.11.7"),
+        {"index": 8, "ok": False, "error": {**error, "exception": None}, "started": 1,
+         "seconds": 1, "payload": True},
+    ]
+    data = wire.encode_outcome({"host": "h", "setup_runs": []}, records)
+    header, back = wire.decode_outcome(data)
+    assert sorted(back, key=lambda r: r["index"]) == records
+    assert header["ok"] == [[4, 5], [6, 7]] and header["host"] == "h"
+    assert wire.ok_items(header) == {4, 6}
+    damaged = [data[:len(data) // 2], data[:-1], b"", b"HTCML-OUTCOME 2\n{}\n",
+               data.replace(b'"plain": 1', b'"plain": 99'),
+               data.replace(b'"size": ', b'"size": 9'),
+               wire.OUTCOME_MAGIC + b"[1, 2]\n", wire.OUTCOME_MAGIC + b"\xff\xfe\n"]
+    for bad in damaged:
+        with pytest.raises(ValueError):
+            wire.decode_outcome(bad)

@@ -320,11 +320,11 @@ class _OutcomeWriter:
         self.every_call = len(indexes) <= self.EVERY_CALL_UP_TO
         self.last = 0.0
         self.cost = 0.0
-        self.encoded: dict[int, tuple[dict[str, Any], tuple[bytes, bytes]]] = {}
+        self.encoded: dict[int, tuple[dict[str, Any], wire.Encoded]] = {}
         header["lost"] = {"note": LOST_NOTE, "host": header.get("host"),
                           "python": python_version()}
 
-    def _encoded(self, record: dict[str, Any]) -> tuple[bytes, bytes]:
+    def _encoded(self, record: dict[str, Any]) -> wire.Encoded:
         """A record's bytes, encoded once (records are never changed once made)."""
         index = int(record["index"])
         known = self.encoded.get(index)

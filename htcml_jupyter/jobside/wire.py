@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 #: First line of every payload file (function, inputs).
 MAGIC = b"HTCML-PAYLOAD 1\n"
@@ -109,14 +110,17 @@ def write_atomically(path: str, data: bytes) -> None:
 #
 #   OUTCOME_MAGIC
 #   one line of JSON: the header (host, Python, set-up runs) plus "ok" (the items that
-#       have a value, as [start, stop) runs), "records" (how many) and "size" (bytes of
-#       the record lines)
-#   one line of JSON per record, its bytes fields replaced by their length: "value",
-#       and "exception" inside "error" (null when the exception did not pickle).  Two
-#       short forms keep big jobs fast: [index, started, seconds, value length] for a
-#       plain result, and [index] for an item not finished yet (the header's "lost"
-#       says why: the note, host and Python of lost_record)
-#   the raw bytes of those fields, in record order (a value, then an exception)
+#       have a value, as [start, stop) runs), "plain" (how many table rows), "records"
+#       (how many JSON lines) and "size" (bytes of the JSON lines)
+#   a table of plain results (ok, a value, a start time and a duration, nothing else),
+#       one fixed-size binary row each (PLAIN_ROW: index, started, seconds, value
+#       length): the bulk of a big map, read at C speed
+#   one line of JSON per other record, its bytes fields replaced by their length:
+#       "value", and "exception" inside "error" (null when the exception did not
+#       pickle); [index] stands for an item not finished yet (the header's "lost" says
+#       why: the note, host and Python of lost_record)
+#   the raw bytes of those fields: the table's values in row order, then the lines'
+#       (a value, then an exception) in line order
 #
 # Reading status needs the header line alone; only a value or an exception is pickle,
 # and only the calls that return values unpickle it.
@@ -125,21 +129,28 @@ def write_atomically(path: str, data: bytes) -> None:
 OUTCOME_MAGIC = b"HTCML-OUTCOME 2\n"
 #: The longest header line read (a header lists runs of items, never values).
 MAX_OUTCOME_HEADER = 64 << 20
+#: One row of the table of plain results: index, started, seconds, value length.
+PLAIN_ROW = struct.Struct("<qddQ")
 _PLAIN = frozenset({"index", "ok", "value", "started", "seconds"})
 
 
-def _finite(x: Any) -> bool:
-    return (type(x) is float and x - x == 0.0) or type(x) is int
+class Encoded(NamedTuple):
+    """One record, encoded: a table row or a JSON line, and its raw bytes."""
+
+    row: bytes
+    line: bytes
+    raw: bytes
 
 
-def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
-    """One record as ``(JSON line, raw bytes)``: its value and pickled exception move
-    to the raw bytes and are replaced by their lengths."""
+def encode_record(record: dict[str, Any]) -> Encoded:
+    """One record as a table row (a plain result) or a JSON line whose bytes fields are
+    replaced by their lengths; the bytes go to ``raw``."""
     value = record.get("value")
     if (record.get("ok") is True and record.keys() == _PLAIN and type(value) is bytes
-            and _finite(record["started"]) and _finite(record["seconds"])):
-        return (f"[{int(record['index'])},{record['started']!r},{record['seconds']!r},"
-                f"{len(value)}]\n".encode(), value)
+            and type(record["started"]) in (int, float)
+            and type(record["seconds"]) in (int, float)):
+        return Encoded(PLAIN_ROW.pack(int(record["index"]), record["started"],
+                                      record["seconds"], len(value)), b"", value)
     line = dict(record)
     raw = b""
     if "value" in line:
@@ -152,12 +163,12 @@ def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
         error["exception"] = None if exc is None else len(exc)
         raw += b"" if exc is None else bytes(exc)
         line["error"] = error
-    return json.dumps(line, separators=(",", ":")).encode() + b"\n", raw
+    return Encoded(b"", json.dumps(line, separators=(",", ":")).encode() + b"\n", raw)
 
 
-def lost_line(index: int) -> tuple[bytes, bytes]:
+def lost_line(index: int) -> Encoded:
     """The short form of a "lost" placeholder (the header's ``"lost"`` says why)."""
-    return b"[%d]\n" % index, b""
+    return Encoded(b"", b"[%d]\n" % index, b"")
 
 
 def ok_runs(indexes: list[int]) -> list[list[int]]:
@@ -176,13 +187,16 @@ def has_value(record: dict[str, Any] | None) -> bool:
     return record is not None and record.get("ok") is True and "value" in record
 
 
-def join_outcome(header: dict[str, Any], encoded: list[tuple[bytes, bytes]],
-                 ok: list[int]) -> bytes:
+def join_outcome(header: dict[str, Any], encoded: list[Encoded], ok: list[int]) -> bytes:
     """The bytes of an outcome file from encoded records (``ok``: items with a value)."""
-    lines = b"".join([line for line, _ in encoded])
-    head = {**header, "ok": ok_runs(ok), "records": len(encoded), "size": len(lines)}
-    return b"".join([OUTCOME_MAGIC, json.dumps(head).encode(), b"\n", lines,
-                     *[raw for _, raw in encoded]])
+    rows = [e for e in encoded if e.row]
+    others = [e for e in encoded if not e.row]
+    lines = b"".join([e.line for e in others])
+    head = {**header, "ok": ok_runs(ok), "plain": len(rows), "records": len(others),
+            "size": len(lines)}
+    return b"".join([OUTCOME_MAGIC, json.dumps(head).encode(), b"\n",
+                     *[e.row for e in rows], lines, *[e.raw for e in rows],
+                     *[e.raw for e in others]])
 
 
 def encode_outcome(header: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
@@ -225,49 +239,56 @@ def decode_outcome(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     stream = io.BytesIO(data)
     header = read_outcome_header(stream)
-    start = stream.tell()
-    size, count = int(header["size"]), int(header["records"])
+    table = stream.tell()
+    try:
+        plain, size, count = (int(header[key]) for key in ("plain", "size", "records"))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"the outcome file's header lacks its sizes ({exc})") from None
+    if min(plain, size, count) < 0:
+        raise ValueError("the outcome file's header gives negative sizes")
+    start = table + plain * PLAIN_ROW.size
     section = data[start:start + size]
-    if len(section) != size:
+    if len(data) < start + size:
         raise ValueError("the outcome file is truncated")
+    at, end = start + size, len(data)
+    records: list[dict[str, Any]] = []
+    append = records.append
+    for index, started, seconds, length in PLAIN_ROW.iter_unpack(data[table:start]):
+        if at + length > end:
+            raise ValueError("the outcome file's value lengths do not match its bytes")
+        append({"index": index, "ok": True, "value": data[at:at + length],
+                "started": started, "seconds": seconds})
+        at += length
     lines = json.loads(b"[" + section.rstrip(b"\n").replace(b"\n", b",") + b"]") \
         if size else []
     if not isinstance(lines, list) or len(lines) != count:
         raise ValueError("the outcome file's records do not match its header")
-    raw = memoryview(data)[start + size:]
-    at = 0
-
-    def take(length: Any) -> bytes:
-        nonlocal at
-        if type(length) is not int or length < 0 or at + length > len(raw):
-            raise ValueError("the outcome file's value lengths do not match its bytes")
-        at += length
-        return bytes(raw[at - length:at])
-
     lost = header.get("lost")
-    records = []
     for line in lines:
-        if isinstance(line, list):
-            line = _short_record(line, lost)
-        if not isinstance(line, dict) or type(line.get("index")) is not int:
+        record = _lost_line(line, lost) if type(line) is list else line
+        if not isinstance(record, dict) or type(record.get("index")) is not int:
             raise ValueError("an outcome record is not an object with an index")
-        if "value" in line:
-            line["value"] = take(line["value"])
-        error = line.get("error")
+        if "value" in record:
+            record["value"], at = _take(data, at, end, record["value"])
+        error = record.get("error")
         if error is not None:
             if not isinstance(error, dict):
                 raise ValueError("an outcome record's error is not an object")
             if error.get("exception") is not None:
-                error["exception"] = take(error["exception"])
-        records.append(line)
+                error["exception"], at = _take(data, at, end, error["exception"])
+        append(record)
     return header, records
 
 
-def _short_record(line: list[Any], lost: Any) -> dict[str, Any]:
-    """The record of a short line (``[index, started, seconds, length]`` or ``[index]``)."""
-    if len(line) == 4 and all(_finite(x) for x in line[1:3]):
-        return {"index": line[0], "ok": True, "value": line[3], "started": line[1],
-                "seconds": line[2]}
+def _take(data: bytes, at: int, end: int, length: Any) -> tuple[bytes, int]:
+    """``length`` bytes of ``data`` from ``at``, and where the next bytes start."""
+    if type(length) is not int or length < 0 or at + length > end:
+        raise ValueError("the outcome file's value lengths do not match its bytes")
+    return data[at:at + length], at + length
+
+
+def _lost_line(line: list[Any], lost: Any) -> dict[str, Any]:
+    """The record of a lost item's short line, ``[index]``."""
     if len(line) == 1 and isinstance(lost, dict) and type(line[0]) is int:
         return lost_record(line[0], str(lost.get("note", "")), str(lost.get("host", "")),
                            str(lost.get("python", "")))
