@@ -9,15 +9,19 @@ never its own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import htcml_jupyter as htc
+from htcml_jupyter.backends.bindings import pool_config
+from htcml_jupyter.engine.errors import HTCMLError
 from htcml_jupyter.engine.submission import SUBMIT_LOCK
 from tests import helpers
 
@@ -43,6 +47,16 @@ def _in_child(code: str, **names: Any) -> subprocess.Popen[str]:
     prelude = "".join(f"{k} = {json.dumps(v)!s}\n" for k, v in names.items())
     return subprocess.Popen([sys.executable, "-c", prelude + code], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _job_commands(pool: str, cluster: int) -> list[str]:
+    with pool_config(pool) as htcondor2:
+        schedd = htcondor2.Schedd()
+        ads = schedd.query(constraint=f"ClusterId == {cluster}", projection=["Cmd"])
+        if not ads:
+            ads = list(schedd.history(constraint=f"ClusterId == {cluster}",
+                                      projection=["Cmd"], match=10))
+    return [str(ad["Cmd"]) for ad in ads]
 
 
 def test_two_threads_retrying_at_once_queue_one_set_of_jobs(
@@ -97,3 +111,42 @@ def test_two_processes_retrying_at_once_queue_one_set_of_jobs(
     assert len(again.clusters) == 2
     assert len(list(again.store.tasks())) == 8
     assert again.results(timeout=120) == big
+
+
+def test_a_retry_from_another_process_runs_the_maps_interpreter(
+        pool_env: str, map_root: Path, shared_tmp: Path) -> None:
+    m = _failed_map(map_root, shared_tmp / "flag", n=2)
+    first = _job_commands(pool_env, m.clusters[0])
+    assert first and set(first) == {sys.executable}
+    assert m.environment["interpreter"] == sys.executable
+    # Another process whose own interpreter is elsewhere (as a Jupyter server's may be).
+    code = ("import sys, json\n"
+            "sys.executable = '/nonexistent/server-python'\n"
+            "import htcml_jupyter as htc\n"
+            "print(json.dumps(htc.attach(name, root=root).retry()))\n")
+    child = _in_child(code, name=m.name, root=str(map_root))
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == [0, 1]
+    again = htc.attach(m.name, root=map_root)
+    assert len(again.clusters) == 2
+    assert set(_job_commands(pool_env, again.clusters[1])) == {sys.executable}
+    assert again.results(timeout=120) == [0, 1]
+
+
+def test_a_retry_whose_packed_environment_is_gone_says_so_and_packs_nothing(
+        pool_env: str, map_root: Path, shared_tmp: Path) -> None:
+    m = _failed_map(map_root, shared_tmp / "flag", n=2)
+    gone = shared_tmp / "env-gone.tar.gz"
+    meta = m.store.read_meta()
+    meta["environment"] = {**meta["environment"], "kind": "pack", "archive": str(gone),
+                           "route": "transfer"}
+    m.store.write_meta(meta)
+    started = time.monotonic()
+    with pytest.raises(HTCMLError, match=r"packed environment .*env-gone\.tar\.gz is gone"):
+        htc.attach(m.name, root=map_root).retry()
+    assert time.monotonic() - started < 30  # nothing was packed
+    again = htc.attach(m.name, root=map_root)
+    assert len(again.clusters) == 1  # nothing was queued
+    assert again.status()["failed"] == 2 or again.status()["removed"] == 2
+    assert not os.path.exists(gone)
