@@ -166,6 +166,15 @@ def test_bad_image_names_are_refused(name: str) -> None:
         image_reference(name)
 
 
+def test_env_image_command_says_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
+    from htcml_jupyter.cli import main
+
+    assert main(["env", "image"]) == 2
+    assert "name the image" in capsys.readouterr().err
+    assert main(["env", "image", "Not-Lower"]) == 2
+    assert "is not an image name" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------- on the isolated pool
 def _exec_roots(state: PoolState) -> list[str]:
     return [r for n, r in state.roots.items() if n != "submit"]
