@@ -195,3 +195,14 @@ def test_trials_table_has_usage_columns() -> None:
     assert flat["gpu_hours"] == 2.0 and flat["core_hours"] == 2.0
     assert rows[1].flat()["memory_mb"] is None
     assert "GPU-h" not in trials_table_html(rows[1:], "loss", "min")
+
+
+def test_local_maps_report_wall_time_only(map_root: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_HOME", str(map_root))
+    m = htc.map(abs, [-1, -2], chunksize=1, pool="local")
+    assert m.results(timeout=60) == [1, 2]
+    usage = m.usage()
+    assert [j.finished for j in usage.jobs] == [True, True]
+    assert all(j.wall_seconds is not None and j.memory_mb is None for j in usage.jobs)
+    assert usage.summary().endswith("core-h, 0.0 GPU-h") and usage.advice() == []
