@@ -120,6 +120,7 @@ def test_image_tarball_is_a_docker_archive_and_an_oci_layout(tmp_path: Path) -> 
         f"apptainer build my-env_v1.sif docker-archive://{tmp_path / 'img.tar'}"
     config = _check_image(built.path, built.reference)
     assert config["config"]["Labels"]["org.htcml.python"] == mine
+    assert "HOME=/tmp" in config["config"]["Env"]  # writable for any uid a site uses
     names = list(layer_names(built.path))
     assert "etc/os-release" in names and "proc" in names
     assert "var/cache/apt/archives/big.deb" not in names  # package caches stay out
@@ -211,6 +212,8 @@ def _where(x: int) -> tuple[int, str, str, bool]:
     import os
     import sys
 
+    with open(os.path.expanduser("~/.written-by-a-job"), "w") as f:  # a writable home
+        f.write("ok")
     return (x * x, sys.executable, "{}.{}.{}".format(*sys.version_info[:3]),
             os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"))
 

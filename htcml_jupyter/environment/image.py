@@ -46,7 +46,7 @@ from .oci import LAYER, Blob, ImageArchive, copy_saved_layers, is_saved_image, w
 from .packing import PackedEnvironment, pack_environment
 
 #: Bumped whenever what an image holds changes (caches of built images name it).
-IMAGE_VERSION = 2
+IMAGE_VERSION = 3
 #: Where the packed environment lies in the image.
 ENV_PREFIX = "opt/htcml-env"
 #: The Debian release of the default base (glibc 2.36, as on Debian 12 hosts).

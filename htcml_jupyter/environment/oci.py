@@ -175,7 +175,8 @@ def write_metadata(archive: ImageArchive, reference: str, layers: list[Blob], *,
         Its layers, lowest first.
     base_config
         The configuration of the image it was built on (``{}`` for none): its
-        environment, labels and history are kept; ``PATH`` and the command are set.
+        environment, labels and history are kept; ``PATH`` and the command are set, and
+        ``HOME`` is ``/tmp`` unless the base sets it.
     labels
         Labels to add.
     created_by, comment
@@ -183,6 +184,10 @@ def write_metadata(archive: ImageArchive, reference: str, layers: list[Blob], *,
     """
     inherited = base_config.get("config") or {}
     env = [e for e in inherited.get("Env", []) if not e.startswith(("PATH=", "LANG="))]
+    if not any(e.startswith("HOME=") for e in env):
+        # Sites run images as the job's own uid, which has no home in the image (podman
+        # gives it "/", read-only to it): caches under ~ go to the job's scratch /tmp.
+        env.append("HOME=/tmp")
     labels = {**(inherited.get("Labels") or {}), **labels}
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     config = {
