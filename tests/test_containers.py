@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
 import time
@@ -205,7 +206,24 @@ def env_image(isolated_pool: PoolState) -> BuiltImage:
         assert main(["env", "image", name, "--output", str(output)]) == 0
     built = BuiltImage(output, image_reference(name), packed.python, output.stat().st_size,
                        2, "", 0.0)
+    _forget_other_versions(isolated_pool, built)
     return _loaded(isolated_pool, built)
+
+
+def _forget_other_versions(state: PoolState, built: BuiltImage) -> None:
+    """Remove the test images of earlier environments (each is over a gigabyte)."""
+    repo = built.reference.rsplit(":", 1)[0]
+    for old in built.path.parent.glob(built.path.name.split("_")[0] + "_*.tar"):
+        if old != built.path:
+            old.unlink()
+    for root in _exec_roots(state):
+        names = subprocess.run(["chroot", root, "podman", "images", "--format",
+                                "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True,
+                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).stdout.split()
+        stale = [n for n in names if n.startswith(repo + ":") and n != built.reference]
+        if stale:
+            subprocess.run(["chroot", root, "podman", "rmi", *stale], capture_output=True,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 def _where(x: int) -> tuple[int, str, str, bool]:
