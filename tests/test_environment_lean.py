@@ -313,3 +313,34 @@ def test_the_panel_says_what_the_environment_costs() -> None:
     assert environment_text({"kind": "archive", "size": 5_000_000, "route": "url"}) == (
         "staged archive, 5 MB; fetched by the execute points from its URL")
     assert environment_text({"kind": "shared"}) == "shared interpreter"
+
+
+def test_the_size_cap_removes_old_trees_but_never_one_in_use(
+        tmp_path: Path, lean_env: EnvSource, lean_packed: environment.PackedEnvironment
+) -> None:
+    import fcntl
+
+    other = pack_environment(lean_env.with_choice(lean=False), cache_dir=tmp_path / "packs")
+    old_key = lean_packed.path.name.removesuffix(".tar.gz")
+
+    def run(cache: Path, archive: Path, job: str) -> None:
+        (tmp_path / job).mkdir()
+        box = _sandbox(tmp_path / job, archive)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(box), "HTCML_ENV_CACHE": str(cache),
+               "HTCML_ENV_CACHE_MAX_MB": "0"}
+        proc = subprocess.run(["sh", str(environment.bootstrap_script()), archive.name,
+                               "-c", CHECK], cwd=box, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    held = tmp_path / "held"
+    run(held, lean_packed.path, "a1")
+    with open(held / old_key / ".complete") as f:  # a job still running on that tree
+        fcntl.flock(f, fcntl.LOCK_SH)
+        run(held, other.path, "a2")
+        assert (held / old_key / ".complete").exists()
+    free = tmp_path / "free"
+    run(free, lean_packed.path, "b1")
+    run(free, other.path, "b2")
+    assert not (free / old_key).exists()  # over the cap and unused: removed
+    assert (free / other.path.name.removesuffix(".tar.gz") / ".complete").exists()
