@@ -9,6 +9,7 @@ to it in the active notebook, a cell that then runs.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,11 @@ def test_sidebar_lists_cancels_and_attaches(lab: JupyterLab, pool: str, map_root
             assert page.evaluate(
                 "() => window.jupyterapp.shell.currentWidget.content.activeCell"
                 ".model.executionCount") is not None
+            # Once jobs have finished, a row says what they used, in one line (on a busy
+            # machine the first 20 s jobs may take minutes to start and end).
+            expect(rows[second].locator(".htcml-map-usage")).to_contain_text(
+                re.compile(r"core-h, .* GPU-h · .*memory peak [\d.]+ MB of [\d.]+ [MG]B asked"),
+                timeout=240_000)
             page.screenshot(path=str(SHOTS / "sidebar-page.png"))
         except Exception as exc:
             try:
