@@ -13,6 +13,7 @@ Layout of ``<root>/<name>/`` (mode 0700)::
     outputs/files/task-N/K/  the files the call starting at item K wrote (output_dir())
     logs/events.log     HTCondor's job event log for every cluster of the map
     logs/task-N.out|err the job's stdout and stderr
+    logs/notes.log      notes for people: how the environment was chosen, packing
     seed/               an empty outcome file and checkpoint folder every job starts with
 
 Files are only ever added or appended to, so a crash at any point loses nothing
