@@ -1,17 +1,27 @@
-"""The Binder set-up (binder/), run the way repo2docker and mybinder.org would run it.
+"""The Binder set-up (binder/), run the way repo2docker and mybinder.org would run it,
+with all six tutorials.
 
-Binder builds an Ubuntu 24.04 image: apt.txt as root, then requirements.txt and
-postBuild as jovyan into the notebook environment, and at each start runs binder/start
-as jovyan (no root) before the notebook server.  The closest thing here: a Debian 13
-root (which has `condor` 23.9, as Ubuntu 24.04 has 23.4) made with debootstrap and kept
-between runs under /var/lib/htcml/binder-root, with an ordinary user jovyan (uid 1000).
-Each run copies in the repository's files (tracked and not ignored), repeats the
-requirements.txt and postBuild steps as jovyan, then runs binder/start as jovyan with a
-command that executes notebooks/01-quickstart.ipynb, and checks the executed notebook.
+Binder builds an Ubuntu 24.04 image: apt.txt as root, a notebook environment with the
+Python runtime.txt names, then requirements.txt and postBuild as jovyan into it, and at
+each start runs binder/start as jovyan (no root) before the notebook server.  Here
+(tests/binder_root.py): a Debian 13 root with ``condor`` 23.9 from apt.txt (Ubuntu 24.04
+has 23.4), jovyan, and a fresh copy of the base environment for every run.  The
+repository's files (tracked and not ignored) are copied in, requirements.txt and
+postBuild run as jovyan, then binder/start runs as jovyan with a command that executes
+the six notebooks one after another with nbclient, against the personal pool it
+started.  Every notebook must run without an error output and without a stderr stream
+from a map that succeeded; the memory of everything in the container is sampled all the
+while (Binder's free tier allows 2 GB).
+
+One difference from Binder, forced by this machine: it cannot reach PyPI's torch CPU
+index (``--extra-index-url https://download.pytorch.org/whl/cpu`` in requirements.txt),
+so that line is replaced by ``--find-links`` to the same pinned build,
+``torch==2.13.0+cpu`` for CPython 3.11, which this machine's package registry serves
+(/opt/wheels).  Everything else comes from the files in binder/ as they are.
 
 Needs root (debootstrap, chroot, mounts) and the package registries; the first run
-builds the root (a few minutes), later runs take well under two minutes.  Everything
-mounted is unmounted and every process left inside the root is ended, also on failure.
+builds the root (about a minute here), every run installs requirements.txt anew (a few
+minutes) and runs the notebooks (several minutes).
 """
 
 from __future__ import annotations
@@ -19,31 +29,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-ROOT = Path(os.environ.get("HTCML_BINDER_ROOT", "/var/lib/htcml/binder-root"))
-SUITE = "trixie"
-MARKER = ".htcml-binder-ready"
-NB_USER, NB_UID = "jovyan", 1000  # as on mybinder.org
-HOME = f"/home/{NB_USER}"  # repo2docker's REPO_DIR: the repository is copied here
-ENV_PREFIX = "/srv/notebook-env"  # plays ${NB_PYTHON_PREFIX}, owned by jovyan as there
-# What the Binder image has before the repository's own files: Python with venv and pip,
-# TLS roots, and repo2docker's base environment (Jupyter, nbconvert, a kernel).
-BASE_APT = ["python3", "python3-venv", "ca-certificates"]
-BASE_PIP = ["jupyterlab", "notebook", "nbconvert", "ipykernel"]
-HOST_CA = "/etc/ssl/certs/htcml-host-ca.crt"  # this machine's CA bundle (its egress proxy)
-NOTEBOOK = "notebooks/01-quickstart.ipynb"
-EXECUTED = "/tmp/01-quickstart.executed.ipynb"
+from tests import binder_root as box
+from tests.test_notebooks import map_stderr
+
+ALL_TUTORIALS = ["01-quickstart.ipynb", "02-hyperparameter-sweep.ipynb",
+                 "03-checkpointing.ipynb", "04-embeddings.ipynb", "05-multinode.ipynb",
+                 "06-real-pools.ipynb"]
+#: HTCML_BINDER_TUTORIALS=02-hyperparameter-sweep.ipynb,... runs only those (while
+#: working on one); the suite runs all six.
+TUTORIALS = [n for n in os.environ.get("HTCML_BINDER_TUTORIALS", "").split(",") if n] \
+    or ALL_TUTORIALS
+OUT = "/tmp/tutorials"  # inside the root: executed notebooks, times, the one running
+TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+WHEELS = Path(os.environ.get("HTCML_BINDER_WHEELS", "/opt/wheels"))
+TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+BINDER_MEMORY_MB = 2048
 
 pytestmark = [
     pytest.mark.binder,
@@ -51,210 +59,70 @@ pytestmark = [
                        reason="builds a Debian root with debootstrap: needs root on Linux"),
 ]
 
+#: Runs inside the container (as the command binder/start is given): each notebook in
+#: turn, in the notebooks folder, as a notebook server would; saves what it got.
+RUNNER = """\
+import json, sys, time
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
 
-def _say(msg: str) -> None:
-    print(f"[binder test] {msg}", flush=True)
-
-
-def _sh(cmd: list[str], *, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)[:300]} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def _apt_txt() -> list[str]:
-    """The packages binder/apt.txt names (repo2docker drops comments and blank lines)."""
-    lines = (REPO / "binder/apt.txt").read_text().splitlines()
-    return [p for p in (line.partition("#")[0].strip() for line in lines) if p]
-
-
-def _as_jovyan(script: str, *, timeout: float = 600,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a bash script as jovyan inside the root, with an environment like Binder's."""
-    env = {
-        "HOME": HOME, "USER": NB_USER, "LOGNAME": NB_USER, "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-        "PATH": f"{ENV_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        # Not on Binder: this machine reaches PyPI through a proxy with its own CA.
-        "PIP_CERT": HOST_CA, "SSL_CERT_FILE": HOST_CA, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_DEFAULT_TIMEOUT": "120",
-    }
-    cmd = ["chroot", f"--userspec={NB_UID}:{NB_UID}", str(ROOT), "/usr/bin/env", "-i",
-           *[f"{k}={v}" for k, v in env.items()], "/bin/bash", "-c", f"cd {HOME} && {script}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"as jovyan: {script[:200]} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+out, names = Path(sys.argv[1]), sys.argv[2:]
+times = {}
+for name in names:
+    (out / "current").write_text(name)
+    nb = nbformat.read(f"notebooks/{name}", as_version=4)
+    started, error = time.time(), None
+    try:
+        NotebookClient(nb, timeout=900, kernel_name="python3",
+                       resources={"metadata": {"path": "notebooks"}}).execute()
+    except Exception as exc:  # saved with the notebook; the test reports it
+        error = f"{type(exc).__name__}: {exc}"[-3000:]
+    times[name] = {"seconds": round(time.time() - started, 1), "error": error}
+    nbformat.write(nb, out / name)
+    (out / "times.json").write_text(json.dumps(times))
+(out / "current").write_text("")
+"""
 
 
-# --------------------------------------------------------------------------- mounts
+def _requirements_here() -> str:
+    """binder/requirements.txt with PyTorch's CPU index replaced by the same pinned CPU
+    build from this machine's registry (see the module docstring)."""
+    text = (box.REPO / "binder/requirements.txt").read_text()
+    assert TORCH_INDEX in text and "torch==2.13.0+cpu" in text, text
+    return text.replace(TORCH_INDEX, "--find-links /srv/wheels")
 
 
-def _mounts_under(root: Path) -> list[str]:
-    prefix = os.path.realpath(root)
-    with open("/proc/self/mounts") as f:
-        targets = [line.split()[1] for line in f]
-    return [t for t in targets if t == prefix or t.startswith(prefix + "/")]
+class MemorySampler:
+    """The container's memory (PSS of every process in the root), sampled twice a
+    second and kept as the peak per notebook."""
 
+    def __init__(self) -> None:
+        self.peaks: dict[str, tuple[int, dict[str, int]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-def _processes_in(root: Path) -> list[int]:
-    target = os.path.realpath(root)
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/root") == target:
-                pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
-def _kill_all_in(root: Path) -> None:
-    for _ in range(20):
-        pids = _processes_in(root)
-        if not pids:
-            return
-        for pid in pids:
+    def _run(self) -> None:
+        current = box.ROOT / OUT.lstrip("/") / "current"
+        while not self._stop.wait(0.5):
             try:
-                os.kill(pid, 9)
+                name = current.read_text().strip()
             except OSError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"processes still running inside {root}: {_processes_in(root)}")
-
-
-def _unmount_all(root: Path) -> None:
-    # Deepest first; a plain umount, then a lazy one for anything still busy.
-    for target in sorted(set(_mounts_under(root)), key=len, reverse=True):
-        for _ in range(5):  # a path may be mounted more than once
-            if target not in _mounts_under(root):
-                break
-            if subprocess.run(["umount", target], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", target], capture_output=True)
-
-
-@contextmanager
-def _mounted(root: Path) -> Iterator[None]:
-    """proc, /dev and a real /dev/shm inside the root; always undone, processes first."""
-    _kill_all_in(root)
-    _unmount_all(root)  # left over from a run that was killed
-    try:
-        _sh(["mount", "-t", "proc", "proc", str(root / "proc")])
-        _sh(["mount", "--bind", "/dev", str(root / "dev")])
-        # A plain bind gives a root-only /dev/shm: jobs that make locks would fail.
-        _sh(["mount", "-t", "tmpfs", "-o", "mode=1777,size=1g", "tmpfs",
-             str(root / "dev/shm")])
-        yield
-    finally:
-        _kill_all_in(root)
-        _unmount_all(root)
-
-
-# --------------------------------------------------------------------------- the root
-
-
-def _wanted() -> dict[str, Any]:
-    return {"suite": SUITE, "apt": sorted({*BASE_APT, *_apt_txt()}), "pip": BASE_PIP,
-            "user": [NB_USER, NB_UID], "env": ENV_PREFIX}
-
-
-def _ensure_root() -> None:
-    """Build (once) the Debian root with apt.txt applied, jovyan, and the base env."""
-    marker = ROOT / MARKER
-    wanted = _wanted()
-    try:
-        if json.loads(marker.read_text()) == wanted:
-            _say(f"reusing the root in {ROOT}")
-            return
-    except (OSError, ValueError):
-        pass
-    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if not (ROOT / "usr/bin").exists():
-        if shutil.which("debootstrap") is None:
-            _say("installing debootstrap")
-            _sh(["apt-get", "update", "-qq"], env=apt_env)
-            _sh(["apt-get", "install", "-y", "-qq", "debootstrap"], env=apt_env)
-        partial = ROOT.with_name(ROOT.name + ".partial")
-        _kill_all_in(partial)
-        _unmount_all(partial)
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        _sh(["debootstrap", "--variant=minbase", SUITE, str(partial)], timeout=1200)
-        partial.rename(ROOT)
-        _say(f"debootstrap {SUITE}: {time.time() - started:.0f} s")
-    marker.unlink(missing_ok=True)
-    shutil.copy("/etc/resolv.conf", ROOT / "etc/resolv.conf")
-    with _mounted(ROOT):
-        started = time.time()
-        chroot = ["chroot", str(ROOT)]
-        _sh([*chroot, "apt-get", "update", "-qq"], env=apt_env)
-        # As repo2docker applies apt.txt: no recommended packages.
-        _sh([*chroot, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-             *wanted["apt"]], env=apt_env, timeout=1200)
-        _sh([*chroot, "apt-get", "clean"])
-        _say(f"apt-get install {' '.join(wanted['apt'])}: {time.time() - started:.0f} s")
-        if subprocess.run([*chroot, "id", "-u", NB_USER], capture_output=True).returncode:
-            _sh([*chroot, "useradd", "--uid", str(NB_UID), "--user-group", "--create-home",
-                 "--shell", "/bin/bash", NB_USER])
-        (ROOT / ENV_PREFIX.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        _sh([*chroot, "chown", f"{NB_UID}:{NB_UID}", ENV_PREFIX])
-        _refresh_host_files()
-        started = time.time()
-        _as_jovyan(f"test -x {ENV_PREFIX}/bin/python || python3 -m venv {ENV_PREFIX}")
-        _as_jovyan(f"python -m pip install -q {' '.join(BASE_PIP)}", timeout=1200)
-        _say(f"base environment ({' '.join(BASE_PIP)}): {time.time() - started:.0f} s")
-    marker.write_text(json.dumps(wanted) + "\n")
-
-
-def _refresh_host_files() -> None:
-    """What a container gets from its host: name service, the host name, TLS roots."""
-    shutil.copy("/etc/resolv.conf", ROOT / "etc/resolv.conf")
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", ROOT / HOST_CA.lstrip("/"))
-    hosts = ROOT / "etc/hosts"
-    text = hosts.read_text() if hosts.exists() else "127.0.0.1 localhost\n"
-    name = socket.gethostname()
-    if name not in text.split():
-        hosts.write_text(text + f"127.0.1.1 {name}\n")
-
-
-def _repository_files() -> list[str]:
-    """The files a clone would have, plus files not yet committed (not the ignored ones)."""
-    proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                           "--exclude-standard"], cwd=REPO, capture_output=True)
-    if proc.returncode == 0:
-        names = [n for n in proc.stdout.decode().split("\0") if n]
-    else:  # not a git checkout: everything but the usual local folders
-        skip = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
-        names = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
-                 if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
-    return [n for n in names if os.path.lexists(REPO / n)]
-
-
-def _copy_repository() -> None:
-    home = ROOT / HOME.lstrip("/")
-    shutil.rmtree(home, ignore_errors=True)  # a fresh container: no ~/.htcml from before
-    home.mkdir(parents=True)
-    for name in _repository_files():
-        src, dst = REPO / name, home / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            dst.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, dst)
-    _sh(["chown", "-R", f"{NB_UID}:{NB_UID}", str(home)])
-    home.chmod(0o755)
-
-
-# --------------------------------------------------------------------------- the test
-
-
-def _outputs(nb: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [("".join(c["source"]), o) for c in nb["cells"] if c["cell_type"] == "code"
-            for o in c.get("outputs", [])]
+                continue
+            if not name:
+                continue
+            used = box.memory_in(box.ROOT)
+            total = sum(used.values())
+            if total > self.peaks.get(name, (0, {}))[0]:
+                self.peaks[name] = (total, used)
 
 
 def _text(output: dict[str, Any]) -> str:
@@ -262,57 +130,107 @@ def _text(output: dict[str, Any]) -> str:
     return "".join(text) if isinstance(text, list) else str(text)
 
 
-def test_binder_quickstart_runs_on_a_personal_pool() -> None:
+def _all_text(nb: dict[str, Any]) -> str:
+    return "\n".join(_text(o) for c in nb["cells"] if c["cell_type"] == "code"
+                     for o in c.get("outputs", []))
+
+
+def _du(path: Path) -> int:
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink()
+               and p.is_file())
+
+
+def test_binder_runs_every_tutorial_on_a_personal_pool() -> None:
+    if not (WHEELS / TORCH_WHEEL).exists():
+        pytest.skip(f"{WHEELS / TORCH_WHEEL} is not on this machine")
     timings: dict[str, float] = {}
     started = time.time()
-    _ensure_root()
+    box.ensure_root()
     timings["root"] = time.time() - started
-    _refresh_host_files()
-    with _mounted(ROOT):
+    box.refresh_host_files()
+    out = box.ROOT / OUT.lstrip("/")
+    with box.mounted(box.ROOT):
         step = time.time()
-        _copy_repository()
+        box.fresh_environment()
+        box.copy_repository()
+        wheels = box.ROOT / "srv/wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        box.sh(["mount", "--bind", "-o", "ro", str(WHEELS), str(wheels)])
+        (box.ROOT / "tmp/requirements.txt").write_text(_requirements_here())
         # repo2docker: requirements.txt, then `chmod +x binder/postBuild && ./binder/postBuild`.
-        if (REPO / "binder/requirements.txt").exists():
-            _as_jovyan("python -m pip install --no-cache-dir -q -r binder/requirements.txt")
-        if (REPO / "binder/postBuild").exists():
-            _as_jovyan("chmod +x binder/postBuild && ./binder/postBuild")
+        box.as_jovyan("python -m pip install --no-cache-dir -q -r /tmp/requirements.txt",
+                      timeout=1800)
+        box.as_jovyan("chmod +x binder/postBuild && ./binder/postBuild", timeout=600)
         timings["requirements+postBuild"] = time.time() - step
+        env_mb = _du(box.ROOT / box.ENV_PREFIX.lstrip("/")) / 1e6
+        base_mb = _du(box.ROOT / box.BASE_ENV.lstrip("/")) / 1e6
+        versions = box.as_jovyan("python -c 'import sys, torch; print(sys.version.split()[0],"
+                                 " torch.__version__)'").stdout.split()
+        # At start: binder/start, then the command it is given (here, run the notebooks).
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        os.chown(out, box.NB_UID, box.NB_UID)
+        (out / "run.py").write_text(RUNNER)
         step = time.time()
-        # At start: binder/start, then the command it is given (here, run the notebook
-        # where a notebook server would start it: in the notebook's folder).
-        run = _as_jovyan(
-            f"./binder/start jupyter nbconvert --to notebook --execute {NOTEBOOK} "
-            f"--ExecutePreprocessor.timeout=300 --output {EXECUTED}",
-            timeout=600, check=False)
-        timings["start+notebook"] = time.time() - step
+        with MemorySampler() as memory:
+            run = box.as_jovyan(f"./binder/start python {OUT}/run.py {OUT} "
+                                + " ".join(TUTORIALS), timeout=3600, check=False)
+        timings["start+notebooks"] = time.time() - step
         users = set()
-        for pid in _processes_in(ROOT):
+        for pid in box.processes_in(box.ROOT):
             try:
                 users.add((Path(f"/proc/{pid}/comm").read_text().strip(),
                            os.stat(f"/proc/{pid}").st_uid))
             except OSError:
                 continue
-        _as_jovyan("htcml pool down", timeout=120, check=False)
-        executed = ROOT / EXECUTED.lstrip("/")
-        assert run.returncode == 0 and executed.exists(), (
-            f"binder/start + nbconvert failed ({run.returncode}):\n"
-            f"{run.stdout[-4000:]}\n{run.stderr[-6000:]}")
-        nb = json.loads(executed.read_text())
+        box.as_jovyan("htcml pool down", timeout=120, check=False)
+        times = json.loads((out / "times.json").read_text()) if (
+            out / "times.json").exists() else {}
+        executed = {name: json.loads((out / name).read_text()) for name in TUTORIALS
+                    if (out / name).exists()}
     timings["total"] = time.time() - started
-    _say("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    assert not _mounts_under(ROOT), _mounts_under(ROOT)
+    assert not box.mounts_under(box.ROOT), box.mounts_under(box.ROOT)
+
+    box.say(f"environment: Python {' '.join(versions)}; {env_mb:.0f} MB "
+            f"({env_mb - base_mb:.0f} MB over the base environment's {base_mb:.0f} MB)")
+    box.say("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    for name in TUTORIALS:
+        peak, used = memory.peaks.get(name, (0, {}))
+        top = sorted(used.items(), key=lambda kv: -kv[1])[:5]
+        box.say(f"{name}: {times.get(name, {}).get('seconds', '?')} s, container peak "
+                f"{peak / 1024:.0f} MB (" + ", ".join(f"{c} {v / 1024:.0f}" for c, v in top)
+                + ")")
+    assert run.returncode == 0 and len(executed) == len(TUTORIALS), (
+        f"binder/start + notebooks failed ({run.returncode}):\n"
+        f"{run.stdout[-4000:]}\n{run.stderr[-6000:]}")
+    assert versions[0].startswith(box.runtime_python() + "."), versions
+    assert versions[1] == "2.13.0+cpu", versions
 
     # The pool's daemons ran as jovyan (so did its jobs), not as root or condor.
     daemons = {(comm, uid) for comm, uid in users if comm.startswith("condor_")}
     assert any(comm == "condor_master" for comm, _ in daemons), users
-    assert {uid for _, uid in daemons} == {NB_UID}, daemons
+    assert {uid for _, uid in daemons} == {box.NB_UID}, daemons
 
-    outputs = _outputs(nb)
-    errors = [f"{src[:60]!r}: {o.get('ename')}: {o.get('evalue')}"
-              for src, o in outputs if o.get("output_type") == "error"]
-    assert not errors, errors
-    pool = "".join(_text(o) for src, o in outputs if src.strip() == "%htc_pool")
-    assert "CPUs" in pool and "project's pool" in pool, pool
-    assert any("[0.5, 0.8, 0.3]" in _text(o) for _, o in outputs), [_text(o) for _, o in outputs]
-    maps = "".join(_text(o) for src, o in outputs if src.strip() == "%htc_maps")
-    assert "slow_square" in maps and "price" in maps, maps
+    failures = {name: t["error"] for name, t in times.items() if t["error"]}
+    assert not failures, failures
+    for name, nb in executed.items():
+        errors = [o for c in nb["cells"] for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, (name, errors)
+        assert not map_stderr(name, nb), (name, map_stderr(name, nb))
+        peak_mb = memory.peaks.get(name, (0, {}))[0] / 1024
+        assert 0 < peak_mb < BINDER_MEMORY_MB, f"{name}: the container peaked at {peak_mb:.0f} MB"
+
+    # What each tutorial shows when it works (each also asserts its own results).
+    shows = {
+        "01-quickstart.ipynb": ["CPUs", "project's pool", "[0.5, 0.8, 0.3]", "slow_square"],
+        "02-hyperparameter-sweep.ipynb": ["aborted early", "test accuracy of the best model"],
+        "03-checkpointing.ipynb": ["evictions: 1", "identical to an uninterrupted run: True"],
+        "04-embeddings.ipynb": ["nearest to itself: True"],
+        "05-multinode.ipynb": ["parameters equal on every rank: True", "failed on rank 1"],
+        "06-real-pools.ipynb": ["VersionMismatch"],
+    }
+    for name, nb in executed.items():
+        text = _all_text(nb)
+        missing = [s for s in shows[name] if s not in text]
+        assert not missing, (name, missing, text[-3000:])
