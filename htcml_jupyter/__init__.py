@@ -15,6 +15,7 @@ early-abort policies) and :mod:`.devpool` (the project's own pool).
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .jobside.calls import File
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
     from .engine.options import OPTIONS, OptionError, SubmitOptions, describe_options
     from .engine.payload import PickleError
     from .engine.state import ItemState
+    from .executor import Executor, HTCFuture
+    from .joblib_backend import register_joblib
     from .multinode import torchrun
     from .training.policies import MedianStopping, SuccessiveHalving, Threshold
     from .training.sweeps import (
@@ -57,6 +60,9 @@ if TYPE_CHECKING:  # the rest loads on first use, so a job that imports us start
 
 __version__ = "0.1.0"
 
+if "joblib" in sys.modules:  # joblib is in use: its "htcondor" backend is there at once
+    from . import joblib_backend as _joblib_backend  # noqa: F401
+
 _LAZY = {
     "map": "api", "attach": "api", "sweep": "api", "list_maps": "api", "MapInfo": "api",
     "HTCMLError": "engine.errors", "ItemHeld": "engine.errors",
@@ -69,6 +75,7 @@ _LAZY = {
     "OPTIONS": "engine.options", "OptionError": "engine.options",
     "SubmitOptions": "engine.options", "describe_options": "engine.options",
     "PickleError": "engine.payload", "ItemState": "engine.state",
+    "Executor": "executor", "HTCFuture": "executor", "register_joblib": "joblib_backend",
     "pool_resources": "api",
     "Sweep": "training.sweeps", "uniform": "training.sweeps",
     "loguniform": "training.sweeps", "randint": "training.sweeps",
@@ -97,7 +104,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "OPTIONS",
     "Choice",
+    "Executor",
     "File",
+    "HTCFuture",
     "HTCMLError",
     "IntUniform",
     "ItemHeld",
@@ -136,6 +145,7 @@ __all__ = [
     "output_dir",
     "pool_resources",
     "randint",
+    "register_joblib",
     "report",
     "stage",
     "sweep",

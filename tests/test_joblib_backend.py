@@ -1,0 +1,66 @@
+"""The "htcondor" joblib backend against the real pool: scikit-learn's n_jobs=-1 as jobs."""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import SVC
+from sklearn.utils._param_validation import InvalidParameterError
+
+import htcml_jupyter as htc
+from htcml_jupyter.joblib_backend import HTCondorBackend
+
+
+def jobs_under(root: Path) -> int:
+    """How many jobs the maps under ``root`` used."""
+    return sum(len(htc.attach(info.name, root=root, watch=False).tasks())
+               for info in htc.list_maps(root))
+
+
+def test_registered_on_import_and_options_checked() -> None:
+    htc.register_joblib()
+    assert joblib.parallel.BACKENDS["htcondor"] is HTCondorBackend
+    with pytest.raises(htc.OptionError, match="request_memory"):
+        HTCondorBackend(request_memroy="2GB")
+
+
+@pytest.mark.pool
+def test_grid_search_matches_local_with_far_fewer_jobs_than_fits(pool_env: str,
+                                                                 map_root: Path) -> None:
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1.0, 10.0, 100.0], "gamma": [0.01, 0.1, 1.0]}
+    local = GridSearchCV(SVC(), grid, cv=4, n_jobs=1).fit(X, y)
+    with joblib.parallel_config(backend="htcondor", request_memory="512MB", root=map_root):
+        slots = htc.pool_resources().cpus_total
+        assert joblib.effective_n_jobs(-1) == slots
+        assert joblib.effective_n_jobs(-2) == slots - 1
+        remote = GridSearchCV(SVC(), grid, cv=4, n_jobs=-1).fit(X, y)
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_allclose(remote.cv_results_["mean_test_score"],
+                               local.cv_results_["mean_test_score"], rtol=1e-12)
+    fits = len(remote.cv_results_["params"]) * 4
+    assert fits == 48
+    jobs = jobs_under(map_root)
+    assert 1 <= jobs <= slots < fits / 4, f"{fits} fits used {jobs} jobs"
+    assert len(htc.list_maps(map_root)) == 1  # one cluster
+
+
+@pytest.mark.pool
+def test_errors_come_back_as_their_own_type(pool_env: str, map_root: Path) -> None:
+    X, y = load_iris(return_X_y=True)
+    with joblib.parallel_config(backend="htcondor", request_memory="512MB", root=map_root):
+        with pytest.raises(InvalidParameterError, match="C"):
+            GridSearchCV(LogisticRegression(), {"C": [-1.0, -2.0]}, cv=2,
+                         error_score="raise", n_jobs=-1).fit(X, y)
+        with pytest.raises(ZeroDivisionError):
+            joblib.Parallel(n_jobs=-1)(joblib.delayed(operator.truediv)(1, b)
+                                       for b in (1, 0, 2))
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(operator.truediv)(1, b)
+                                          for b in (1, 2, 4)) == [1, 0.5, 0.25]
