@@ -115,6 +115,11 @@ def test_a_system_configuration_counts_only_when_its_pool_answers(pool: str,
     assert "stop this machine's HTCondor daemons" in found.message()
     # The same collector, known to be the project's own pool: not foreign.
     assert guard.find_foreign_pool(system_configs=[site]) is None
+    # CONDOR_CONFIG naming the project's own configuration hides no system pool.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONDOR_CONFIG", pool)
+        found = guard.find_foreign_pool(system_configs=[site], own=[])
+    assert found is not None and found.config == str(site)
     idle = tmp_path / "idle_config"
     idle.write_text("COLLECTOR_HOST = 127.0.0.1:1\n"
                     f"SCHEDD_ADDRESS_FILE = {tmp_path}/no-schedd-address\n")

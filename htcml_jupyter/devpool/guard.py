@@ -234,9 +234,9 @@ def find_foreign_pool(system_configs: Sequence[Path] | None = None,
         What was found, with a :meth:`ForeignPool.message` naming the fix.
     """
     named = os.environ.get("CONDOR_CONFIG", "")
-    if named and named != os.devnull:  # the bindings set /dev/null when there is none
-        if is_project_config(named):
-            return None
+    # The bindings set /dev/null when there is none; the project's own configuration
+    # says nothing about the machine's, which is looked at next either way.
+    if named and named != os.devnull and not is_project_config(named):
         return ForeignPool(named, f"CONDOR_CONFIG names {named}, an HTCondor configuration "
                                   f"this project did not write", True)
     own = list(project_addresses()) if own is None else list(own)
