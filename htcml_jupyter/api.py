@@ -105,9 +105,9 @@ def attach(name: str, root: str | Path | None = None, watch: bool = True) -> Map
 
         return StageMap(store, backend)
     if "sweep" in meta:
-        from .training.sweeps import Sweep
+        from .training.adaptive import open_sweep
 
-        return Sweep(store, backend, watch=watch)
+        return open_sweep(store, backend, watch=watch)
     return Map(store, backend)
 
 
@@ -128,6 +128,9 @@ def sweep(
     backend: str | None = None,
     root: str | Path | None = None,
     watcher: str = "pool",
+    sampler: Any = None,
+    pruner: Any = None,
+    max_concurrent: int | None = None,
     **options: Any,
 ) -> Sweep:
     """Run ``function(**params)`` for every trial, each its own job; returns at once.
@@ -152,6 +155,14 @@ def sweep(
         Where ``early_stop`` is applied: ``"pool"`` (default) also in a local-universe
         job on the submit host, so trials are still stopped when this process ends;
         ``"kernel"``, in this process only.
+    sampler, pruner, max_concurrent
+        An adaptive sweep: an Optuna study asks for each trial from the finished ones
+        (``sampler``: ``"tpe"``, ``"random"``, ``"qmc"``, ``"cmaes"`` seeded with ``seed``,
+        or an ``optuna.samplers`` object), at most ``max_concurrent`` at once (default:
+        the pool's slots), ``n_trials`` in all; ``metric`` reports go to the study and
+        ``pruner`` (``"hyperband"``, ``"median"``, ``"successive_halving"``, ``"none"``
+        or an ``optuna.pruners`` object) aborts trials early.  ``s.study`` is the
+        ``optuna.Study``, kept in the map folder (``study.log``).
     **options
         Resources and policy as for :func:`map` (``request_gpus=1``...).
     """
@@ -163,6 +174,18 @@ def sweep(
         raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
     if watcher not in ("pool", "kernel"):
         raise ValueError(f"watcher must be 'pool' or 'kernel', not {watcher!r}")
+    if sampler is None and (pruner is not None or max_concurrent is not None):
+        raise ValueError("pruner= and max_concurrent= go with an adaptive sweep: add "
+                         "sampler='tpe' (or 'random', or an optuna sampler)")
+    if sampler is not None:
+        from .training.adaptive import create_adaptive_sweep
+
+        return create_adaptive_sweep(
+            function, space=space, n_trials=n_trials, grid=grid, early_stop=early_stop,
+            repeat=repeat, sampler=sampler, pruner=pruner, max_concurrent=max_concurrent,
+            seed=seed, metric=metric, mode=mode, kwargs=kwargs,  # type: ignore[arg-type]
+            backend=chosen, root=Path(root) if root is not None else default_map_root(),
+            name=name, options=options, watcher=watcher)  # type: ignore[arg-type]
     return create_sweep(function, grid=grid, space=space, n_trials=n_trials, repeat=repeat,
                         seed=seed, metric=metric, mode=mode,  # type: ignore[arg-type]
                         early_stop=early_stop, kwargs=kwargs, backend=chosen,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chunking import auto_chunksize
@@ -128,6 +128,45 @@ class MapActions:
                 self._resubmit(again, states)
         return again
 
+    def extend(self, arguments: Sequence[Any],
+               on_written: Callable[[list[int]], None] | None = None) -> list[int]:
+        """Add items to the map, one job each, queued as one new cluster of the map;
+        returns their indexes (numbered on from the last item).
+
+        The same submission path and lock as :meth:`retry`: the new count goes into the
+        map's record before its jobs are recorded, so a process that follows the map
+        (:meth:`follow_new_items`) never sees a job of an item it does not count.
+        ``on_written(indexes)`` is called once the jobs are written, before they are
+        queued (to record what the new items are for).
+        """
+        if not arguments:
+            return []
+        with submission_lock(self.store):
+            self.follow_new_items()
+            with self._lock:
+                meta = self.store.read_meta()
+                first = max(int(meta["n_items"]), self.n_items)
+                indexes = list(range(first, first + len(arguments)))
+                meta["n_items"] = first + len(arguments)
+                self.store.write_meta(meta)
+                self.meta, self.n_items = meta, meta["n_items"]
+                tasks = write_tasks(self.store, dict(zip(indexes, arguments, strict=True)),
+                                    indexes, 1, first_task=self._table.next_task_id())
+                for task, chunk in tasks:
+                    self._table.add_task(task, chunk)
+            if on_written is not None:
+                on_written(indexes)
+            self._submit_new(tasks, "submitting the new items failed")
+        return indexes
+
+    def follow_new_items(self) -> None:
+        """Follow the items and jobs that another process added (:meth:`extend`) or
+        queued (:meth:`retry`): jobs first, then the count they belong to."""
+        self._load_new_tasks()
+        n_items = int(self.store.read_meta()["n_items"])
+        with self._lock:
+            self.n_items = max(self.n_items, n_items)
+
     def _load_new_tasks(self) -> None:
         """Follow the jobs that another process recorded in the map's folder."""
         with self._lock:
@@ -153,11 +192,14 @@ class MapActions:
                                 first_task=self._table.next_task_id())
             for task, chunk in tasks:
                 self._table.add_task(task, chunk)
+        self._submit_new(tasks, "submitting the retry failed")
+
+    def _submit_new(self, tasks: list[tuple[int, Sequence[int]]], failure: str) -> None:
         try:
             submit_tasks(self.store, self.backend, tasks, self.options,
                          self.meta.get("batch_name", self.name))
         except BaseException as exc:  # nothing was queued: the new jobs must not wait
-            reason = f"submitting the retry failed: {exc}"
+            reason = f"{failure}: {exc}"
             new = [task for task, _ in tasks]
             self.store.add_unsubmitted(new, reason)
             with self._lock:

@@ -177,12 +177,25 @@ class Sweep(Map):
                 stopped += self.abort([trial], f"aborted early: {reason}")
         return stopped
 
+    #: Seconds between two steps of the watcher (an adaptive sweep's are shorter).
+    watch_interval = WATCH_INTERVAL
+
+    def watch_step(self) -> list[int]:
+        """One look of the watcher: apply the policy; returns the trials it stopped."""
+        return self.check_policy()
+
+    @property
+    def finished(self) -> bool:
+        """True when no trial will run any more (every one settled; an adaptive sweep
+        also has every trial asked and told)."""
+        return self.done
+
     def _watch(self) -> None:
-        while not self._watch_stop.wait(WATCH_INTERVAL):
+        while not self._watch_stop.wait(self.watch_interval):
             try:
                 if not pool_watcher_active(self.store):  # never both: no double abort
-                    self.check_policy()
-                if self.done:
+                    self.watch_step()
+                if self.finished:
                     return
             except Exception as exc:  # the watcher must not die on a transient error
                 self.watch_errors.append(f"{type(exc).__name__}: {exc}")
@@ -350,4 +363,3 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
             submit_watcher(m.store, backend)  # the policy outlives this process
     m.close()
     return Sweep(m.store, backend)
-

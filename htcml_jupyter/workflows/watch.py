@@ -2,7 +2,9 @@
 htcml_jupyter.workflows.watch <map folder>``.
 
 HTCondor runs it as a local-universe job on the submit host (:mod:`.watcher_job`), so a
-sweep's policy is applied while no notebook is attached.  It rebuilds the sweep from its
+sweep's policy is applied, and an adaptive sweep's ask/tell loop
+(:meth:`~htcml_jupyter.training.adaptive.AdaptiveSweep.watch_step`) goes on, while no
+notebook is attached.  It rebuilds the sweep from its
 folder and calls the same :meth:`~htcml_jupyter.training.sweeps.Sweep.check_policy` as
 the kernel's watcher: the same policies remove the same jobs and record the same aborts.
 Each look renews its record (:data:`~.watcher_job.WATCHER_FILE`), and
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..backends.condor import CondorBackend
 from ..engine.store import MapStore
-from ..training.sweeps import WATCH_INTERVAL, Sweep
+from ..training.adaptive import open_sweep
 from .watcher_job import watcher_record, write_record
 
 #: Exit status when the watcher cannot start (no sweep, no policy, no schedd).
@@ -56,24 +58,31 @@ def pool_backend(pool: dict[str, Any]) -> CondorBackend:
                          shared_paths=pool.get("shared_paths"))
 
 
-class SweepWatcher:
-    """Applies one sweep's policy until the sweep is settled."""
+#: Seconds between two renewals of the watcher's record while nothing else changes.
+HEARTBEAT_EVERY = 2.0
 
-    def __init__(self, folder: Path, interval: float = WATCH_INTERVAL):
+
+class SweepWatcher:
+    """Applies one sweep's policy (or runs its ask/tell loop) until it is settled."""
+
+    def __init__(self, folder: Path, interval: float | None = None):
         self.store = MapStore(folder)
-        self.interval = interval
         self.job = own_job_id()
         meta = self.store.read_meta()
         if "sweep" not in meta:
             raise ValueError(f"{folder} is a map, not a sweep: there is no policy to apply")
         self.backend = pool_backend(meta["pool"])
-        self.sweep = Sweep(self.store, self.backend, watch=False)
-        if self.sweep.policy is None:
+        self.sweep = open_sweep(self.store, self.backend, watch=False)
+        self.adaptive = "adaptive" in meta["sweep"]
+        if not self.adaptive and self.sweep.policy is None:
             raise ValueError(f"the sweep in {folder} has no early-abort policy")
+        self.interval = self.sweep.watch_interval if interval is None else interval
         self.aborted: list[int] = []
         self.errors: list[str] = []
+        self._recorded = 0.0
 
     def record(self, state: str, **extra: Any) -> None:
+        self._recorded = time.time()
         before = watcher_record(self.store)
         write_record(self.store, {"state": state, "job": self.job,
                                   "submitted": before.get("submitted"),
@@ -90,15 +99,20 @@ class SweepWatcher:
             return EXIT_CANNOT_WATCH
         self.record("watching")
         while self.store.path.is_dir():
+            changed = False
             try:
-                self.aborted += self.sweep.check_policy()
-                if self.sweep.done:
+                stopped = self.sweep.watch_step()
+                self.aborted += stopped
+                changed = bool(stopped)
+                if self.sweep.finished:
                     self.record("finished")
                     return 0
             except Exception as exc:  # a transient error must not end the watch
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 print(f"htcml watcher: {self.errors[-1]}", file=sys.stderr)
-            self.record("watching")
+                changed = True
+            if changed or time.time() - self._recorded >= HEARTBEAT_EVERY:
+                self.record("watching")
             time.sleep(self.interval)
         return 0
 
@@ -108,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m htcml_jupyter.workflows.watch",
         description="Apply a sweep's early-abort policy until the sweep is settled.")
     parser.add_argument("folder", type=Path, help="the sweep's map folder")
-    parser.add_argument("--interval", type=float, default=WATCH_INTERVAL,
-                        help="seconds between two looks at the reports")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="seconds between two looks at the reports (default: the "
+                             "sweep's own, 1 s; 0.2 s for an adaptive sweep)")
     args = parser.parse_args(argv)
     folder = args.folder.resolve()
     try:
