@@ -384,7 +384,9 @@ class Executor(BaseExecutor):
     def _resolve(m: Map, item: int, future: HTCFuture, state: ItemState) -> None:
         try:
             if state is ItemState.DONE:
-                future._settle(m.result(item))
+                with m._lock:  # as Map.as_completed reads it: no item-state pass per item
+                    value = m._value_of(item)
+                future._settle(value)
                 return
             error = m.error(item)
         except HTCMLError as exc:  # a result that cannot be unpickled here

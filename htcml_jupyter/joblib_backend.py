@@ -40,6 +40,35 @@ def _batch_caller() -> Callable[[Callable[[], Any]], Any]:
 run_batch = _batch_caller()
 
 
+def _pickled_caller() -> Callable[[bytes], Any]:
+    def run_pickled_batch(data: bytes) -> Any:
+        import pickle
+
+        return pickle.loads(data)()
+
+    return run_pickled_batch
+
+
+#: Calls a batch pickled here with its functions' own modules inside.
+run_pickled_batch = _pickled_caller()
+
+
+def batch_payload(batch: Callable[[], Any]) -> bytes | None:
+    """``batch`` pickled with the modules of its functions that are the user's own files
+    (not installed, so absent on the execute side) inside it; None when it has none."""
+    import cloudpickle
+
+    from .engine.payload import _by_value_module, _pickled_by_value
+
+    own = {_by_value_module(task[0]) for task in getattr(batch, "items", ())
+           if isinstance(task, tuple) and task and callable(task[0])}
+    own.discard(None)
+    if not own:
+        return None
+    with _pickled_by_value(*own):
+        return bytes(cloudpickle.dumps(batch))
+
+
 class HTCondorBackend(ParallelBackendBase):
     """A joblib backend whose tasks run as HTCondor jobs.
 
@@ -113,7 +142,9 @@ class HTCondorBackend(ParallelBackendBase):
         """Send one batch of tasks; ``callback`` runs when its job has finished."""
         if self._executor is None:
             self._executor = self._new_executor()
-        future = self._executor.submit(run_batch, func)
+        data = batch_payload(func)
+        future = (self._executor.submit(run_batch, func) if data is None else
+                  self._executor.submit(run_pickled_batch, data))
         if callback is not None:
             future.add_done_callback(callback)
         return future

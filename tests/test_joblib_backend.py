@@ -18,6 +18,10 @@ import htcml_jupyter as htc
 from htcml_jupyter.joblib_backend import HTCondorBackend
 
 
+def cubed(x: int) -> int:
+    return x ** 3
+
+
 def jobs_under(root: Path) -> int:
     """How many jobs the maps under ``root`` used."""
     return sum(len(htc.attach(info.name, root=root, watch=False).tasks())
@@ -53,7 +57,7 @@ def test_grid_search_matches_local_with_far_fewer_jobs_than_fits(pool_env: str,
 
 
 @pytest.mark.pool
-def test_errors_come_back_as_their_own_type(pool_env: str, map_root: Path) -> None:
+def test_errors_keep_their_type_and_own_functions_travel(pool_env: str, map_root: Path) -> None:
     X, y = load_iris(return_X_y=True)
     with joblib.parallel_config(backend="htcondor", request_memory="512MB", root=map_root):
         with pytest.raises(InvalidParameterError, match="C"):
@@ -64,3 +68,6 @@ def test_errors_come_back_as_their_own_type(pool_env: str, map_root: Path) -> No
                                        for b in (1, 0, 2))
         assert joblib.Parallel(n_jobs=-1)(joblib.delayed(operator.truediv)(1, b)
                                           for b in (1, 2, 4)) == [1, 0.5, 0.25]
+        # a function of this (not installed) module travels by value
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(cubed)(x)
+                                          for x in range(20)) == [x ** 3 for x in range(20)]
