@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.log"
 #: The study's sampler and pruner, cloudpickled (root's own: only unpickled when so).
 OPTUNA_FILE = "optuna.pkl"
-#: One line per asked trial: ``{"item", "trial", "params"}``.
+#: One line per asked trial: ``{"item", "trial", "params", "time"}`` (when it was queued).
 TRIALS_FILE = "trials.jsonl"
 #: Seconds between two steps of the ask/tell loop.
 ADAPTIVE_INTERVAL = 0.2
@@ -107,7 +108,7 @@ class AdaptiveSweep(Sweep):
                        ) -> Callable[[list[int]], None]:
         def record(items: list[int]) -> None:
             folder_files.append(self.store.path, TRIALS_FILE, "".join(
-                json.dumps({"item": i, "trial": n, "params": p}) + "\n"
+                json.dumps({"item": i, "trial": n, "params": p, "time": time.time()}) + "\n"
                 for i, n, p in zip(items, numbers, params, strict=True)).encode())
         return record
 
@@ -245,8 +246,6 @@ class AdaptiveSweep(Sweep):
              progress: Callable[[dict[str, int]], None] | None = None) -> bool:
         """Block until all ``n_trials`` were asked, have settled and were told (True),
         or ``timeout`` seconds ran out (False)."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -331,7 +330,7 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
         shutil.move(str(journal), str(m.store.path / STUDY_FILE))
     m.store.write_file(OPTUNA_FILE, blob)
     folder_files.append(m.store.path, TRIALS_FILE, "".join(
-        json.dumps({"item": i, "trial": t.number, "params": p}) + "\n"
+        json.dumps({"item": i, "trial": t.number, "params": p, "time": time.time()}) + "\n"
         for i, (t, p) in enumerate(zip(asked, params, strict=True))).encode())
     if backend.kind == "condor" and watcher == "pool":
         submit_watcher(m.store, backend)  # the search goes on after this process ends
