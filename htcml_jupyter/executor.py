@@ -316,9 +316,9 @@ class Executor(BaseExecutor):
                 due = [k for k, b in self._pending.items()
                        if self._shutdown or now - b.opened >= self.window]
                 batches = [self._pending.pop(k) for k in due]
-                if (self._shutdown and not self._pending and not batches
+                if (not self._pending and not batches
                         and not any(t.open for t in self._tracked)):
-                    self._thread = None
+                    self._thread = None  # nothing to do: the next submit starts another
                     return
             for batch in batches:
                 self._send(batch)

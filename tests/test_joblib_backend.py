@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -26,6 +28,18 @@ def jobs_under(root: Path) -> int:
     """How many jobs the maps under ``root`` used."""
     return sum(len(htc.attach(info.name, root=root, watch=False).tasks())
                for info in htc.list_maps(root))
+
+
+def test_registered_when_the_package_is_imported_after_joblib_only() -> None:
+    check = ("import sys; {first}import htcml_jupyter; from joblib.parallel import "
+             "BACKENDS; print('joblib' in sys.modules, 'htcondor' in BACKENDS)")
+    after = subprocess.run([sys.executable, "-c", check.format(first="import joblib; ")],
+                           capture_output=True, text=True, check=True)
+    assert after.stdout.split() == ["True", "True"]
+    alone = subprocess.run([sys.executable, "-c", "import sys, htcml_jupyter; "
+                            "print('joblib' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert alone.stdout.split() == ["False"]  # joblib is not imported by the package
 
 
 def test_registered_on_import_and_options_checked() -> None:
