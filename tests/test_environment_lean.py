@@ -344,3 +344,37 @@ def test_the_size_cap_removes_old_trees_but_never_one_in_use(
     run(free, other.path, "b2")
     assert not (free / old_key).exists()  # over the cap and unused: removed
     assert (free / other.path.name.removesuffix(".tar.gz") / ".complete").exists()
+
+
+@pytest.mark.pool
+def test_a_staged_archive_comes_from_its_url(iso_root: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`htcml env pack --output FOLDER/` names the archive by its digest; served over
+    HTTP (as OSDF or a web server would), the jobs fetch it themselves: nothing is sent
+    from the notebook's machine."""
+    import functools
+    import http.server
+    import threading
+
+    from htcml_jupyter import cli
+
+    monkeypatch.setenv("HTCML_HOME", str(iso_root / "home"))  # shares the earlier pack
+    web = tmp_path / "web"
+    web.mkdir()
+    assert cli.main(["env", "pack", "--output", f"{web}/"]) == 0
+    [staged] = web.glob("env-*.tar.gz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(web))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{staged.name}"
+    try:
+        m = htc.map(_prefix, range(2), chunksize=1, pool="isolated", environment=url,
+                    root=iso_root / "staged")
+        assert [r[0] for r in m.results(timeout=600)] == [1, 2]
+        env = m.environment
+        assert env["kind"] == "archive" and env["route"] == "url"
+        assert env["bytes_sent"] == 0 and env["job_start_seconds"] > 0
+    finally:
+        server.shutdown()
+        thread.join(5)

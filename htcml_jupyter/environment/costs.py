@@ -28,12 +28,12 @@ ROUTE_URL = "url"             # fetched by the execute point from a URL
 def sent_bytes(record: dict[str, Any], jobs: int, machines: int | None = None) -> int | None:
     """Bytes the submit side sends for ``jobs`` jobs (``machines`` execute points when
     the archive is a common input file); ``None`` when the size is unknown."""
-    size = record.get("size")
-    if not isinstance(size, int):
-        return None
     route = record.get("route")
     if route == ROUTE_URL:
         return 0
+    size = record.get("size")
+    if not isinstance(size, int):
+        return None
     if route == ROUTE_COMMON:
         return size * min(jobs, machines if machines is not None else jobs)
     if route == ROUTE_TRANSFER:
