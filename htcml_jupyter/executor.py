@@ -191,7 +191,11 @@ class Executor(BaseExecutor):
         """Run ``fn(*args, **kwargs)`` in a job; returns its future at once."""
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {type(fn).__name__}")
-        return self._add(id(fn), fn, [(args, kwargs)], self.chunksize)[0]
+        try:  # equal callables share a batch: ``obj.method`` is a new object each time
+            key: object = ("callable", fn, hash(fn))
+        except TypeError:
+            key = ("object", id(fn))
+        return self._add(key, fn, [(args, kwargs)], self.chunksize)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1) -> Generator[Any, None, None]:

@@ -25,6 +25,14 @@ def divide(a: float, b: float) -> float:
     return a / b
 
 
+class Scaler:
+    def __init__(self, scale: int):
+        self.scale = scale
+
+    def apply(self, x: int) -> int:
+        return x * self.scale
+
+
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
@@ -74,6 +82,10 @@ def test_quick_submits_are_one_cluster_and_resolve_as_completed(pool_env: str,
         assert seen == [0]  # a callback added to a done future runs at once
     assert [f.result() for f in futures] == [3 * i for i in range(12)]
     assert len(ex.maps) == 1 and len(ex.maps[0].clusters) == 1
+    with htc.Executor(root=map_root, request_memory="256MB") as methods:
+        scaler = Scaler(5)  # ``scaler.apply`` is a new bound method at every call
+        calls = [methods.submit(scaler.apply, i) for i in range(4)]
+    assert [f.result() for f in calls] == [0, 5, 10, 15] and len(methods.maps) == 1
     assert {f.map.name for f in futures if f.map is not None} == {ex.maps[0].name}
     with pytest.raises(RuntimeError, match="shutdown"):
         ex.submit(scaled, 1)
