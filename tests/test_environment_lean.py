@@ -378,3 +378,40 @@ def test_a_staged_archive_comes_from_its_url(iso_root: Path, tmp_path: Path,
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def test_a_function_needs_what_it_names_and_what_that_requires(lean_env: EnvSource) -> None:
+    from htcml_jupyter.environment.needs import needed_distributions
+
+    needs = needed_distributions({"mylib", "x", "encode"}, lean_env.site_dirs)
+    # mylib, what it requires, and its extra's package (installed, not a notebook tool)
+    assert needs == {"mylib", "shareddep", "optdep"}
+    assert needed_distributions({"x"}, lean_env.site_dirs) == set()  # the stdlib alone
+    assert "frontdep" in needed_distributions({"x"}, lean_env.site_dirs,
+                                              include=["jupyterlab"])
+    names = _names(lean_env.with_choice(needs=("mylib", "shareddep")))
+    assert "mylib/__init__.py" in names and "shareddep/__init__.py" in names
+    assert not any(n.startswith(("optdep", "pandaslike", "jupyterlab")) for n in names)
+
+
+def _imports_by_name(letters: list[str]) -> str:
+    import importlib
+
+    # a name built at run time: neither the function's pickle nor its input shows it
+    return str(importlib.import_module("".join(letters)).__name__)
+
+
+@pytest.mark.pool
+def test_a_module_the_pack_left_out_is_named_with_the_fix(
+        iso_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTCML_HOME", str(iso_root / "home"))
+    m = htc.map(_imports_by_name, [list("six")], pool="isolated", environment="pack",
+                root=iso_root / "left-out")
+    [error] = m.results(timeout=600, errors="return")
+    assert isinstance(error, htc.RemoteError), error
+    assert error.short_type == "ModuleNotFoundError"
+    assert "pack_include=['six']" in str(error)
+    assert m.environment["files"] < 2000  # the interpreter and the standard library
+    fixed = htc.map(_imports_by_name, [list("six")], pool="isolated", environment="pack",
+                    pack_include=["six"], root=iso_root / "left-out")
+    assert fixed.results(timeout=600) == ["six"]

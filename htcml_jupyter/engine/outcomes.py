@@ -14,6 +14,7 @@ read (their items count as failed, with the reason).
 from __future__ import annotations
 
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -218,5 +219,19 @@ class OutcomeReader:
             given.get("exception"), bytes) else None
         error["traceback"] = restore_source_lines(str(given.get("traceback", "")),
                                                   self.code_locations)
+        if str(error.get("type", "")).endswith("ModuleNotFoundError"):
+            error["message"] = str(error.get("message", "")) + self._packing_hint(
+                str(error.get("message", "")))
         return RemoteError(item, error, status.job_id)
+
+    def _packing_hint(self, message: str) -> str:
+        """How to get a module the packed environment left out into the jobs."""
+        record = self.store.read_meta().get("environment")
+        if not isinstance(record, dict) or record.get("kind") != "pack":
+            return ""
+        match = re.search(r"No module named '([\w.]+)'", message)
+        name = match.group(1).split(".")[0] if match else "<the package>"
+        return (f" (the packed environment holds what the function names, what that "
+                f"imports and what those require; add this one with "
+                f"pack_include=[{name!r}])")
 

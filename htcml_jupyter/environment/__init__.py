@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.submit_description import JobLaunch, default_launch
 from ..engine.errors import HTCMLError, PoolUnavailable
-from ..jobside.wire import read_header
 from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
 from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, summarize, warn_if_costly
 from .launch import (
@@ -31,7 +30,8 @@ from .launch import (
     supports_common_files,
 )
 from .layout import EnvSource
-from .lean import distributions_of_modules, pickle_names
+from .lean import normalize
+from .needs import names_in_files, needed_distributions
 from .packing import (
     PackedEnvironment,
     PackProgress,
@@ -109,20 +109,17 @@ def _domains(backend: CondorBackend) -> tuple[str | None, list[str]]:
 
 
 def _lean_source(store: MapStore, options: SubmitOptions) -> EnvSource:
-    """The running environment, lean, keeping what the map's pickled function names
-    (read with pickletools: nothing is unpickled) and the map's own overrides."""
+    """The running environment, cut to what the map's function needs (see
+    :mod:`.needs`: the names in its pickles, read with pickletools -- nothing is
+    unpickled -- what importing them loads, and their requirements), plus the map's own
+    ``pack_include`` and less its ``pack_exclude``."""
     source = EnvSource.current()
-    names: set[str] = set()
-    try:
-        with open(store.function_file, "rb") as f:
-            read_header(f)
-            names = pickle_names(f.read())
-    except (OSError, ValueError):
-        pass
-    wanted = distributions_of_modules(names - {"htcml_jupyter"}, source.site_dirs)
-    wanted.discard("htcml-jupyter")
-    return source.with_choice(include=(*sorted(wanted), *options.pack_include),
-                              exclude=tuple(options.pack_exclude))
+    pickles = [store.function_file, *sorted(store.path.glob("inputs/task-*.pkl"))[:3]]
+    needs = needed_distributions(names_in_files(pickles), source.site_dirs,
+                                 include=[n for n in options.pack_include if "/" not in n])
+    needs -= {normalize(n) for n in options.pack_exclude}
+    return source.with_choice(include=tuple(options.pack_include),
+                              exclude=tuple(options.pack_exclude), needs=tuple(needs))
 
 
 def _disk_kb(record: dict[str, Any]) -> int | None:

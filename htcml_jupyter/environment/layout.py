@@ -38,7 +38,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .lean import SKIPPED_FOLDERS, SKIPPED_PATHS, SKIPPED_SUFFIXES, choose, installed
+from .lean import (
+    SKIPPED_FOLDERS,
+    SKIPPED_PATHS,
+    SKIPPED_SUFFIXES,
+    choose,
+    choose_needed,
+    installed,
+)
 
 #: Bumped whenever the archive's layout changes, so old cache entries are not reused.
 LAYOUT_VERSION = 2
@@ -87,6 +94,9 @@ class EnvSource:
     lean
         Leave out what only the notebook uses (see :mod:`.lean`); ``False`` packs every
         installed distribution.
+    needs
+        When given, the only distributions packed (what a map's function needs, see
+        :mod:`.needs`); the standard library and the interpreter always are.
     """
 
     prefix: Path
@@ -96,13 +106,17 @@ class EnvSource:
     exclude: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     lean: bool = True
+    needs: tuple[str, ...] | None = None
 
     def with_choice(self, *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                    lean: bool | None = None) -> EnvSource:
-        """The same source with more names kept or left out."""
+                    lean: bool | None = None,
+                    needs: tuple[str, ...] | None = None) -> EnvSource:
+        """The same source with more names kept or left out (``needs``: only these
+        distributions, see :mod:`.needs`)."""
         return replace(self, include=tuple(sorted({*self.include, *include})),
                        exclude=tuple(sorted({*self.exclude, *exclude})),
-                       lean=self.lean if lean is None else lean)
+                       lean=self.lean if lean is None else lean,
+                       needs=tuple(sorted(needs)) if needs is not None else self.needs)
 
     @classmethod
     def current(cls) -> EnvSource:
@@ -314,6 +328,9 @@ def left_out_names(source: EnvSource) -> frozenset[str]:
     named = {_top_name(n) for n in source.exclude}
     if not source.lean:
         return frozenset(named)
+    if source.needs is not None:
+        choice = choose_needed(installed(source.site_dirs), source.needs)
+        return frozenset(named | {_top_name(n) for n in choice.top_names})
     choice = choose(installed(source.site_dirs), include=source.include,
                     exclude=source.exclude)
     return frozenset(named | {_top_name(n) for n in choice.top_names})

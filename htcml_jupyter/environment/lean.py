@@ -65,7 +65,7 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def _required_names(requires: Iterable[str]) -> set[str]:
@@ -84,7 +84,7 @@ def _required_names(requires: Iterable[str]) -> set[str]:
                     continue
             except Exception:
                 pass  # keep the requirement when the marker cannot be judged
-        match = _REQUIREMENT_NAME.match(name_part)
+        match = REQUIREMENT_NAME.match(name_part)
         if match:
             out.add(normalize(match.group(1)))
     return out
@@ -139,7 +139,7 @@ def installed(site_dirs: Iterable[Path]) -> dict[str, Installed]:
     return out
 
 
-def _closure(names: Iterable[str], dists: dict[str, Installed]) -> set[str]:
+def closure(names: Iterable[str], dists: dict[str, Installed]) -> set[str]:
     """``names`` and everything they require, transitively (installed ones only)."""
     seen: set[str] = set()
     todo = [normalize(n) for n in names]
@@ -166,10 +166,10 @@ def choose(dists: dict[str, Installed], *, include: Iterable[str] = (),
         Distribution names to leave out as well (roots, like :data:`NOTEBOOK_ONLY`).
     """
     roots = {n for n in (*NOTEBOOK_ONLY, *map(normalize, exclude)) if n in dists}
-    notebook_side = _closure(roots, dists)
+    notebook_side = closure(roots, dists)
     asked = {n for n, d in dists.items() if d.requested} - roots
     seeds = (set(dists) - notebook_side) | asked | {normalize(n) for n in include}
-    kept = _closure(seeds, dists)
+    kept = closure(seeds, dists)
     out = set(dists) - kept
     kept_tops: set[str] = set()
     for name, dist in dists.items():
@@ -179,10 +179,22 @@ def choose(dists: dict[str, Installed], *, include: Iterable[str] = (),
     return LeanChoice(frozenset(out), frozenset(tops))
 
 
+def choose_needed(dists: dict[str, Installed], needs: Iterable[str]) -> LeanChoice:
+    """Leave out every distribution of ``dists`` but ``needs`` (see :mod:`.needs`)."""
+    keep = {normalize(n) for n in needs}
+    out = set(dists) - keep
+    kept_tops = set().union(*(d.top_names for n, d in dists.items() if n in keep)) \
+        if keep else set()
+    tops = set().union(*(dists[n].top_names for n in out)) - kept_tops if out else set()
+    return LeanChoice(frozenset(out), frozenset(tops))
+
+
 def left_out(source: Any) -> list[str]:
     """The distributions a lean pack of ``source`` (an ``EnvSource``) leaves out, sorted."""
     if not source.lean:
         return []
+    if source.needs is not None:
+        return sorted(choose_needed(installed(source.site_dirs), source.needs).excluded)
     return sorted(choose(installed(source.site_dirs), include=source.include,
                          exclude=source.exclude).excluded)
 
