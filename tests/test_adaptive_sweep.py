@@ -129,6 +129,7 @@ def test_tpe_finds_better_than_random_over_five_seeds(pool_env: str, map_root: P
         assert {r.trial: r.params for r in s.rows()} == {
             i: study.trials[s.trial_of[i]].params for i in range(n_trials)}
         assert s.best().metrics["loss"] == pytest.approx(study.best_value)
+        assert len({(p["x"], p["y"]) for p in s.params}) == n_trials  # no point twice
         assert _most_at_once(s) <= at_once
         best[kind].append(study.best_value)
         if seed == 0:  # one map, its trials queued as they were asked

@@ -112,3 +112,20 @@ def test_checkpointing(pool: str, notebook_dir: Path, monkeypatch: pytest.Monkey
     assert "evicted 1 job" in text and "evictions: 1" in text
     assert "resumed after the eviction from epoch: [" in text
     assert "identical to an uninterrupted run: True" in text
+
+
+def test_adaptive_search(pool: str, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import time
+
+    monkeypatch.setenv("HTCML_POOL", pool)
+    start = time.monotonic()
+    text = _outputs(_execute("07-adaptive-search.ipynb", notebook_dir))
+    elapsed = time.monotonic() - start
+    assert "trials: 16" in text and "'PRUNED'" in text  # Hyperband stopped some trials
+    assert "aborted early" in text
+    assert "best: {'lr':" in text and "importances: {" in text
+    accuracy = re.search(r"test accuracy: ([0-9.]+)", text)
+    assert "GridSearchCV best: {'hidden_layer_sizes'" in text and accuracy
+    assert float(accuracy.group(1)) > 0.85
+    assert elapsed < 300, f"the tutorial took {elapsed:.0f} s"

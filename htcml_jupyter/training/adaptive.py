@@ -125,7 +125,13 @@ class AdaptiveSweep(Sweep):
         return self._study
 
     def _search_study(self) -> Any:
-        """The study with the sweep's own sampler and pruner (the loop's)."""
+        """The study with the sweep's own sampler and pruner (the loop's).
+
+        The sampler was saved as it stood after the first trials were asked, so the
+        loop that goes on from there draws what the creating process would have drawn
+        (a seeded sweep is repeatable).  A loop that takes over later (another watcher,
+        or the kernel after the watcher went silent) reseeds it: the saved state would
+        draw the same points again."""
         if self._search is None:
             optuna = optuna_module()
             sampler, pruner, space = cloudpickle.loads(self.store.read_own(OPTUNA_FILE))
@@ -134,6 +140,9 @@ class AdaptiveSweep(Sweep):
                 self._search = optuna.load_study(
                     study_name=self.name, storage=journal_storage(self.store.path / STUDY_FILE),
                     sampler=sampler, pruner=pruner)
+                first = int(self.meta["sweep"]["adaptive"].get("first", 0))
+                if len(self._search.get_trials(deepcopy=False)) > first:
+                    sampler.reseed_rng()
         return self._search
 
     def plot_history(self) -> Any:
@@ -304,8 +313,8 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
     if metric is None and not isinstance(pruner_obj, optuna.pruners.NopPruner):
         raise ValueError("a pruner needs metric= (the name the trials report with "
                          "htc.report(step=..., <metric>=...))")
-    try:  # before anything is queued
-        blob = cloudpickle.dumps((sampler_obj, pruner_obj, dict(space)))
+    try:  # before anything is queued (saved again once the first trials are asked)
+        cloudpickle.dumps((sampler_obj, pruner_obj, dict(space)))
     except Exception as exc:
         raise PickleError(f"the sampler or pruner cannot be pickled ({type(exc).__name__}: "
                           f"{exc}); nothing was submitted") from exc
@@ -322,13 +331,14 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
         meta: dict[str, Any] = {"params": [], "metric": metric, "mode": mode, "function": fn_name,
                 "adaptive": {"n_trials": n_trials, "max_concurrent": max_concurrent,
                              "sampler": type(sampler_obj).__name__,
-                             "pruner": type(pruner_obj).__name__, "seed": seed}}
+                             "pruner": type(pruner_obj).__name__, "seed": seed,
+                             "first": first}}
         m = create_map(unpack(function), params, kwargs=kwargs, backend=backend, root=root,
                        name=name, chunksize=1, options=options,
                        extra_meta={"sweep": meta})
         del study
         shutil.move(str(journal), str(m.store.path / STUDY_FILE))
-    m.store.write_file(OPTUNA_FILE, blob)
+    m.store.write_file(OPTUNA_FILE, cloudpickle.dumps((sampler_obj, pruner_obj, dict(space))))
     folder_files.append(m.store.path, TRIALS_FILE, "".join(
         json.dumps({"item": i, "trial": t.number, "params": p, "time": time.time()}) + "\n"
         for i, (t, p) in enumerate(zip(asked, params, strict=True))).encode())
