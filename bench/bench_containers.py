@@ -32,7 +32,7 @@ from pathlib import Path
 
 import htcml_jupyter as htc
 from htcml_jupyter import devpool
-from htcml_jupyter.devpool.execroot import ensure_image, has_image
+from htcml_jupyter.devpool.execroot import ensure_image, has_image, prune_images
 from htcml_jupyter.environment import pack_environment
 from htcml_jupyter.environment.image import (
     IMAGE_VERSION,
@@ -66,6 +66,10 @@ def the_image(name: str | None, roots: list[str]) -> str:
     tag = f"{packed.digest[:12]}-{IMAGE_VERSION}"
     output = default_image_dir() / f"htcml-bench-env_{tag}.tar"
     reference = image_reference(f"htcml-bench-env:{tag}")
+    for old in output.parent.glob("htcml-bench-env_*.tar"):  # earlier environments
+        if old != output:
+            old.unlink()
+    prune_images(roots, "localhost/htcml-bench-env", reference)
     if not output.exists():
         started = time.perf_counter()
         built = build_image(reference, output=output, packed=packed)

@@ -13,7 +13,6 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -26,7 +25,7 @@ import pytest
 import htcml_jupyter as htc
 from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.devpool import PoolState
-from htcml_jupyter.devpool.execroot import ensure_image, has_image, podman_ready
+from htcml_jupyter.devpool.execroot import ensure_image, has_image, podman_ready, prune_images
 from htcml_jupyter.environment.image import (
     ENV_PREFIX,
     IMAGE_VERSION,
@@ -216,14 +215,7 @@ def _forget_other_versions(state: PoolState, built: BuiltImage) -> None:
     for old in built.path.parent.glob(built.path.name.split("_")[0] + "_*.tar"):
         if old != built.path:
             old.unlink()
-    for root in _exec_roots(state):
-        names = subprocess.run(["chroot", root, "podman", "images", "--format",
-                                "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True,
-                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).stdout.split()
-        stale = [n for n in names if n.startswith(repo + ":") and n != built.reference]
-        if stale:
-            subprocess.run(["chroot", root, "podman", "rmi", *stale], capture_output=True,
-                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    prune_images(_exec_roots(state), repo, built.reference)
 
 
 def _where(x: int) -> tuple[int, str, str, bool]:

@@ -254,3 +254,34 @@ def ensure_image(archive: Path, reference: str, roots: list[str]) -> list[str]:
         load_image(archive, missing)
     return missing
 
+
+def prune_images(roots: list[str], repository: str, keep: str) -> list[str]:
+    """Remove every tag of ``repository`` but ``keep`` from podman in each execute root.
+
+    Parameters
+    ----------
+    roots
+        Execute roots with podman.
+    repository
+        ``localhost/NAME``.
+    keep
+        The reference to keep, ``localhost/NAME:TAG``.
+
+    Returns
+    -------
+    list of str
+        The references removed (from any root).
+    """
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    removed: set[str] = set()
+    for root in roots:
+        names = subprocess.run(["chroot", root, "podman", "images", "--format",
+                                "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True,
+                               env=env).stdout.split()
+        stale = [n for n in names if n.startswith(repository + ":") and n != keep]
+        if stale:
+            subprocess.run(["chroot", root, "podman", "rmi", *stale], capture_output=True,
+                           env=env)
+            removed.update(stale)
+    return sorted(removed)
+
