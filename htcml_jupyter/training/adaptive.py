@@ -68,7 +68,7 @@ class AdaptiveSweep(Sweep):
     def __init__(self, store: MapStore, backend: Backend, watch: bool = True):
         self.trial_of: dict[int, int] = {}
         self._trials_seen = 0
-        self._tasks_size = -1
+        self._tasks_size = self._trials_size = -1
         self._study: Any = None
         self._search: Any = None
         self._space: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
@@ -84,15 +84,15 @@ class AdaptiveSweep(Sweep):
     # ---------------------------------------------------------------- following
     def follow_new_items(self) -> None:
         """Follow the trials the loop (here or in the watcher job) has added."""
-        try:
-            size = (self.store.path / "tasks.jsonl").stat().st_size
-        except FileNotFoundError:
-            size = 0
+        size, trials_size = _size(self.store, "tasks.jsonl"), _size(self.store, TRIALS_FILE)
         if size != self._tasks_size:
             super().follow_new_items()
             self._tasks_size = size
+        if trials_size == self._trials_size:
+            return
         rows = _read_rows(self.store, TRIALS_FILE)
         with self._lock:
+            self._trials_size = trials_size
             for row in rows[self._trials_seen:]:
                 item = int(row["item"])
                 self.trial_of[item] = int(row["trial"])
@@ -264,6 +264,13 @@ class AdaptiveSweep(Sweep):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(poll)
+
+
+def _size(store: MapStore, rel: str) -> int:
+    try:
+        return (store.path / rel).stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _read_rows(store: MapStore, rel: str) -> list[dict[str, Any]]:
