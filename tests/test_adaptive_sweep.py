@@ -20,6 +20,7 @@ from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.training.adaptive import STUDY_FILE, TRIALS_FILE, AdaptiveSweep
 from htcml_jupyter.training.study import distributions, make_pruner, make_sampler
+from htcml_jupyter.views.progress import snapshot
 from htcml_jupyter.workflows.watcher_job import watcher_record
 from tests.helpers import wait_until
 
@@ -99,6 +100,21 @@ def test_adaptive_options_are_checked_before_anything_is_queued(tmp_path: Path) 
         htc.sweep(bowl, space=SPACE, sampler="tpe", metric="loss", backend="local",
                   root=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_panel_counts_trials_not_asked_yet(tmp_path: Path) -> None:
+    s = htc.sweep(bowl, space=SPACE, n_trials=6, sampler="random", max_concurrent=2,
+                  metric="loss", backend="local", root=tmp_path)
+    try:
+        first = snapshot(s)
+        assert len(s) == 2 and first.total == 6 and first.headline.endswith("/ 6 done")
+        assert not first.finished and first.counts[htc.ItemState.IDLE] >= 4
+        assert s.wait(timeout=120)
+        last = snapshot(s)
+        assert last.headline == "6 / 6 done" and last.finished and len(s) == 6
+        assert [r.trial for r in s.rows()] == list(range(6))
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------- on the pool

@@ -244,6 +244,12 @@ class AdaptiveSweep(Sweep):
             self.extend(params, on_written=self._record_trials(numbers, params))
 
     @property
+    def planned_items(self) -> int:
+        """How many trials the sweep will have once all are asked (its panel counts
+        those not asked yet as waiting)."""
+        return max(self.n_trials, self.n_items)
+
+    @property
     def finished(self) -> bool:
         """Every trial asked, settled and told."""
         if self.n_items < self.n_trials or not self.done:

@@ -101,8 +101,11 @@ def snapshot(m: Map) -> MapProgress:
         counts[s] += 1
     created = float(m.meta.get("created", time.time()))
     elapsed = time.time() - created
+    # an adaptive sweep counts the trials it has yet to ask for: not finished before them
+    total = max(len(states), int(getattr(m, "planned_items", 0)))
+    counts[ItemState.IDLE] += total - len(states)
     done = counts[ItemState.DONE] + counts[ItemState.FAILED]
-    pending = len(states) - sum(n for s, n in counts.items() if s.settled)
+    pending = total - sum(n for s, n in counts.items() if s.settled)
     eta = None
     if 0 < done and pending:
         eta = elapsed / done * pending
@@ -123,7 +126,7 @@ def snapshot(m: Map) -> MapProgress:
             problems.append(ItemProblem(i, s, summary))
     finished = not pending
     usage = m.usage(live=False)
-    return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), len(states),
+    return MapProgress(m.name, m.clusters, m.backend.description, _resources(m), total,
                        counts, elapsed, eta, problems, environment_text(m.environment),
                        usage=usage.summary() if usage.finished else "",
                        advice=usage.advice() if finished else [],
