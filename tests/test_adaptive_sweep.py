@@ -4,11 +4,13 @@ the search goes on in the watcher job when the kernel dies (on the project's poo
 from __future__ import annotations
 
 import json
+import os
 import signal
 import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.training.adaptive import STUDY_FILE, TRIALS_FILE, AdaptiveSweep
 from htcml_jupyter.training.study import distributions, make_pruner, make_sampler
 from htcml_jupyter.views.progress import snapshot
-from htcml_jupyter.workflows.watcher_job import watcher_record
+from htcml_jupyter.workflows.watcher_job import watcher_record, write_record
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -240,4 +242,47 @@ def test_the_search_goes_on_after_the_kernel_is_killed(pool_env: str, map_root: 
                                           ["ExitCode", "JobUniverse"]),
                          timeout=30, interval=0.5, message="no watcher in the history")
     assert [(ad["ExitCode"], ad["JobUniverse"]) for ad in watcher] == [(0, 12)]
+    s.close()
+
+
+def slow_bowl(x: float, y: float) -> dict[str, float]:
+    import time
+
+    time.sleep(1.0)
+    return {"loss": (x - 1) ** 2 + (y + 2) ** 2}
+
+
+@pytest.mark.pool
+def test_a_silent_watcher_is_replaced_by_a_new_watcher_job(pool_env: str,
+                                                          map_root: Path) -> None:
+    s = htc.sweep(slow_bowl, space=SPACE, n_trials=8, sampler="tpe", max_concurrent=2,
+                  metric="loss", root=map_root)
+    assert isinstance(s, AdaptiveSweep)
+    uid = s.backend.job_uid
+    if uid in (None, 0) or os.geteuid() != 0:
+        pytest.skip("only where root submits for the pool's job user")
+    first = wait_until(lambda: watcher_record(s.store).get("state") == "watching"
+                       and watcher_record(s.store)["job"], timeout=60, interval=0.3,
+                       message="the watcher did not start")
+    with pool_config(pool_env) as htcondor2:
+        htcondor2.Schedd().act(htcondor2.JobAction.Remove, [first])
+    wait_until(lambda: _history(pool_env, f'HtcmlWatcherOf == "{s.name}"', ["ClusterId"]),
+               timeout=30, interval=0.3, message="the removed watcher did not leave")
+    # the watcher fell silent long ago: the kernel's watcher must act, as root
+    write_record(s.store, {"state": "watching", "job": first, "submitted": None,
+                           "heartbeat": time.time() - 60, "aborted": [], "errors": []})
+    assert s.wait(timeout=240)
+    assert [t.state for t in s.study.trials] == [COMPLETE] * 8
+    record = watcher_record(s.store)
+    assert record["state"] == "finished" and record["job"] != first
+    def watchers() -> list[Any]:
+        found = _history(pool_env, f'HtcmlWatcherOf == "{s.name}"', ["ClusterId", "ExitCode"])
+        return found if len(found) == 2 else []
+
+    ads = wait_until(watchers, timeout=30, interval=0.5,
+                     message="no second watcher in the history")
+    assert sorted(f"{ad['ClusterId']}.0" for ad in ads)[-1] == record["job"]
+    # root never wrote the study: it stayed the job user's
+    assert (s.store.path / STUDY_FILE).stat().st_uid == uid
+    assert s.watch_errors == []
     s.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -31,7 +32,7 @@ from ..engine.grid import unpack
 from ..engine.payload import PickleError
 from ..engine.state import ItemState
 from ..engine.store import MapStore, new_map_name
-from ..workflows.watcher_job import submit_watcher
+from ..workflows.watcher_job import WATCHER_SILENT_AFTER, submit_watcher, watcher_record
 from .study import (
     distributions,
     journal_storage,
@@ -183,6 +184,8 @@ class AdaptiveSweep(Sweep):
     def watch_step(self) -> list[int]:
         """One round of the ask/tell loop: report new values, prune, tell settled trials,
         ask for new ones up to ``max_concurrent``; returns the trials pruned."""
+        if self._hand_to_pool():
+            return []
         optuna = optuna_module()
         TrialState = optuna.trial.TrialState
         study = self._search_study()
@@ -225,6 +228,26 @@ class AdaptiveSweep(Sweep):
                     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             self._ask(study, trial_of)
         return pruned
+
+    def _hand_to_pool(self) -> bool:
+        """Root never writes a study that the pool's job user owns (a link put in its
+        place could lead anywhere): where root submits for that user, a silent watcher
+        is replaced by a new watcher job, which runs the loop as that user.  True when
+        the loop was handed over."""
+        if os.geteuid() != 0:
+            return False
+        owner = (self.store.path / STUDY_FILE).lstat().st_uid
+        if owner == 0:
+            return False
+        if self.backend.kind != "condor":
+            raise folder_files.UnsafeEntry(
+                f"{self.store.path / STUDY_FILE} belongs to uid {owner}: run the search as "
+                f"that user, not as root")
+        submitted = watcher_record(self.store).get("submitted")
+        if self.finished or time.time() - float(submitted or 0) < WATCHER_SILENT_AFTER:
+            return True  # nothing left to do, or one was queued a moment ago
+        submit_watcher(self.store, self.backend)
+        return True
 
     def _ask(self, study: Any, trial_of: dict[int, int]) -> None:
         TrialState = optuna_module().trial.TrialState
