@@ -281,6 +281,10 @@ def test_a_packed_map_on_private_tmp_reports_its_costs(
     assert env["bytes_sent"] == env["size"] * 4
     assert env["files"] > 0 and env["job_start_seconds"] > 0 and env["job_start_samples"] == 4
     assert "jupyterlab" in env["left_out"]
+    # HTCondor's private /tmp is seen: no checksum and copy into a cache that dies with
+    # the job
+    err = (m.store.path / "logs" / "task-0.err").read_text()
+    assert "no machine cache: /tmp is this job's own" in err, err
 
 
 @pytest.mark.pool

@@ -89,8 +89,20 @@ private_dir() {
     return 1
 }
 
+private_tmp() {
+    # HTCondor's default (MOUNT_UNDER_SCRATCH): /tmp is the job's own scratch/tmp, gone
+    # with the job, so a machine cache there would only cost a checksum and a copy
+    [ -n "$_CONDOR_SCRATCH_DIR" ] && [ -d "$_CONDOR_SCRATCH_DIR/tmp" ] || return 1
+    [ "$(stat -c %d:%i /tmp 2>/dev/null)" = \
+      "$(stat -c %d:%i "$_CONDOR_SCRATCH_DIR/tmp" 2>/dev/null)" ]
+}
+
 use_cache() {
     [ "$cache_root" != none ] || return 1
+    if [ -z "$HTCML_ENV_CACHE" ] && private_tmp; then
+        how="unpacked, no machine cache: /tmp is this job's own"
+        return 1
+    fi
     case $key in
         ""|*[!0-9a-f]*) return 1 ;;  # only archives named by their digest
     esac
