@@ -85,5 +85,5 @@ def test_a_debian_python_venv_packs_and_imports_torch_in_a_job(iso_root: Path) -
     result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
     x, version, torch_file, prefix, total = ast.literal_eval(result[len("RESULT "):])
     assert (x, total) == (1, 3.0) and version.startswith("2.13.0")
-    assert prefix.endswith("htcml_env")  # the packed interpreter ran it, not /usr
+    assert prefix.endswith("htcml_env/venv")  # the packed interpreter ran it, not /usr
     assert torch_file.startswith(prefix) and "/site-packages/torch/" in torch_file

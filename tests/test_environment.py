@@ -181,7 +181,7 @@ def test_bootstrap_unpacks_and_runs_the_runner(
     assert proc.returncode == 0, proc.stderr
     records = wire.decode_outcome((box / "outcome.pkl").read_bytes())[1]
     values = [pickle.loads(r["value"]) for r in records]
-    prefix = str(box / "htcml_env")
+    prefix = str(box / "htcml_env" / "venv")  # a venv over the packed interpreter
     assert values == [(2, prefix, f"{prefix}/bin/python3", 42),
                       (10, prefix, f"{prefix}/bin/python3", 42)]
     assert not (box / packed.path.name).exists()  # the archive is freed after unpacking
@@ -209,7 +209,7 @@ def test_bootstrap_unpacks_once_per_machine(
     second = _sandbox(tmp_path / "job2", packed.path)
     proc = _bootstrap(second, packed.path.name, "-c",
                       "import os, sys; print(os.path.exists(os.path.join("
-                      "sys.prefix, 'lib', 'seen-by-the-second-job')))", cache=str(cache))
+                      "sys.base_prefix, 'lib', 'seen-by-the-second-job')))", cache=str(cache))
     assert (proc.returncode, proc.stdout) == (0, "True\n"), proc.stderr
     assert not (second / packed.path.name).exists()
 
@@ -431,7 +431,7 @@ def test_auto_packs_for_the_isolated_pool(tmp_path_factory: pytest.TempPathFacto
                     environment="auto", request_memory="2GB")
         assert m.wait(timeout=500), (m.status(), m.errors, m.holds)
         assert [r[0] for r in m.results()] == [1, 4, 9]
-        assert all(r[1].endswith("/htcml_env") for r in m.results())
+        assert all(r[1].endswith("/htcml_env/venv") for r in m.results())
         record = m.store.read_meta()["environment"]
         assert record["kind"] == "pack"
         assert "differs from the submit side's" in record["reason"]

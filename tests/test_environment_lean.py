@@ -275,7 +275,7 @@ def test_a_packed_map_on_private_tmp_reports_its_costs(
     finally:
         m.cancel()
     assert [r[0] for r in results] == [1, 2, 3, 4]
-    assert all(r[1].endswith("htcml_env") for r in results)
+    assert all(r[1].endswith("htcml_env/venv") for r in results)
     env = m.environment
     assert env["kind"] == "pack" and env["route"] == "transfer"
     assert env["bytes_sent"] == env["size"] * 4

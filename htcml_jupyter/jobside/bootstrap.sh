@@ -59,11 +59,20 @@ EOF
 }
 
 make_venv() {
-    # $1: an unpacked environment; $2: the path it will have when it runs.  pyvenv.cfg
-    # makes every interpreter (Debian's too, which otherwise looks only in
-    # dist-packages) use its lib/pythonX.Y/site-packages and the standard library
-    # beside it.
-    printf 'home = %s/bin\ninclude-system-site-packages = false\n' "$2" > "$1/pyvenv.cfg"
+    # $1: an unpacked environment; $2: the path it will have when it runs.  A venv beside
+    # the packed interpreter (venv/pyvenv.cfg, venv/bin/python3 -> ../../bin/python3,
+    # venv/lib/pythonX.Y/site-packages -> the packed one) makes every interpreter use
+    # that site-packages: Debian's own python3 otherwise looks only in dist-packages,
+    # and counts as a venv only when its prefix differs from its base prefix.
+    for lib in "$1"/lib/python3*; do
+        [ -d "$lib/site-packages" ] || continue
+        pyname=${lib##*/}
+        mkdir -p "$1/venv/bin" "$1/venv/lib/$pyname" || return 1
+        ln -sf "$2/bin/python3" "$1/venv/bin/python3"
+        ln -sfn "$2/lib/$pyname/site-packages" "$1/venv/lib/$pyname/site-packages"
+        printf 'home = %s/bin\ninclude-system-site-packages = false\n' "$2" \
+            > "$1/venv/pyvenv.cfg"
+    done
 }
 
 # --------------------------------------------------------------- machine-wide cache
@@ -252,4 +261,6 @@ case "$started$ended" in
             "($how)" >&2 ;;
 esac
 
-exec "$python" "$@"
+run=$python
+[ -f "$env_dir/venv/pyvenv.cfg" ] && run=$env_dir/venv/bin/python3
+exec "$run" "$@"
