@@ -135,7 +135,7 @@ def test_image_tarball_is_a_docker_archive_and_an_oci_layout(tmp_path: Path) -> 
             pyc = layer.extractfile(  # type: ignore[union-attr]
                 f"{ENV_PREFIX}/lib/python3.99/__pycache__/os.{tag}.pyc").read()
     assert f"LD_LIBRARY_PATH=/{ENV_PREFIX}/lib" in launcher
-    assert f'exec /{ENV_PREFIX}/bin/python3 "$@"' in launcher
+    assert f'exec /{ENV_PREFIX}/venv/bin/python3 "$@"' in launcher  # a venv over it
     # compiled once into the image, loaded without checking the source (PEP 552)
     assert pyc[:4] == importlib.util.MAGIC_NUMBER and pyc[4:8] == (1).to_bytes(4, "little")
     assert pyc[8:16] == importlib.util.source_hash(b"# os\n")
@@ -257,7 +257,7 @@ def test_map_runs_in_the_environment_image(env_image: BuiltImage, iso_root: Path
     assert [r[0] for r in results] == [x * x for x in range(8)]
     mine = "{}.{}.{}".format(*sys.version_info[:3])
     for _, executable, version, in_container in results:
-        assert executable == f"/{ENV_PREFIX}/bin/python3"
+        assert executable == f"/{ENV_PREFIX}/venv/bin/python3"  # the venv over it
         assert version == mine
         assert in_container
     assert m.environment["kind"] == "container", m.environment

@@ -46,7 +46,7 @@ from .oci import LAYER, Blob, ImageArchive, copy_saved_layers, is_saved_image, w
 from .packing import PackedEnvironment, pack_environment
 
 #: Bumped whenever what an image holds changes (caches of built images name it).
-IMAGE_VERSION = 3
+IMAGE_VERSION = 4
 #: Where the packed environment lies in the image.
 ENV_PREFIX = "opt/htcml-env"
 #: The Debian release of the default base (glibc 2.36, as on Debian 12 hosts).
@@ -63,7 +63,7 @@ _LAUNCHER = """\
 # The packed Python of htcml_jupyter (made by `htcml env image`).
 LD_LIBRARY_PATH=/{prefix}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}
 export LD_LIBRARY_PATH
-exec /{prefix}/bin/python3 "$@"
+exec /{prefix}/venv/bin/python3 "$@"
 """
 
 
@@ -267,6 +267,21 @@ def _write_env_layer(packed: PackedEnvironment, out: IO[bytes]) -> None:
                 info = tarfile.TarInfo(f"{cache}/{module[:-3]}.{tag}.pyc")
                 info.size, info.mode, info.mtime = len(pyc), 0o644, member.mtime
                 tar.addfile(info, io.BytesIO(pyc))
+        # a venv over the packed interpreter, as bootstrap.sh makes in a job: Debian's
+        # python3 finds its site-packages only as a venv
+        pyname = "python" + ".".join(packed.python.split(".")[:2])
+        folder(tar, f"{ENV_PREFIX}/venv/bin")
+        folder(tar, f"{ENV_PREFIX}/venv/lib/{pyname}")
+        for link, target in ((f"{ENV_PREFIX}/venv/bin/python3", f"/{ENV_PREFIX}/bin/python3"),
+                             (f"{ENV_PREFIX}/venv/lib/{pyname}/site-packages",
+                              f"/{ENV_PREFIX}/lib/{pyname}/site-packages")):
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, int(time.time())
+            tar.addfile(info)
+        cfg = f"home = /{ENV_PREFIX}/bin\ninclude-system-site-packages = false\n".encode()
+        info = tarfile.TarInfo(f"{ENV_PREFIX}/venv/pyvenv.cfg")
+        info.size, info.mode, info.mtime = len(cfg), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(cfg))
         folder(tar, "usr/local/bin")
         script = _LAUNCHER.format(prefix=ENV_PREFIX).encode()
         for name in ("python3", "python"):
