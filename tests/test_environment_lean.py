@@ -31,7 +31,6 @@ from htcml_jupyter.environment.launch import supports_common_files
 from htcml_jupyter.environment.layout import plan
 from htcml_jupyter.environment.lean import (
     choose,
-    distributions_of_modules,
     installed,
     pickle_names,
 )
@@ -109,8 +108,11 @@ def test_a_function_keeps_what_it_imports(lean_env: EnvSource) -> None:
 
     names = pickle_names(cloudpickle.dumps(uses_the_front_end))
     assert "jupyterlab" in names
-    assert distributions_of_modules(names, lean_env.site_dirs) >= {"jupyterlab"}
-    assert "frontdep" not in distributions_of_modules(names, lean_env.site_dirs)
+    from htcml_jupyter.environment.needs import needed_distributions
+
+    needs = needed_distributions(names, lean_env.site_dirs)
+    assert needs >= {"jupyterlab", "frontdep", "shareddep"}  # with what it requires
+    assert not needs & {"mylib", "bqplot", "pandaslike"}
     assert pickle_names(b"\x80\x05garbage") == set()  # damaged: nothing, no exception
 
 

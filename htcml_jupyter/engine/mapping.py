@@ -50,6 +50,7 @@ class Map(MapActions, MapResults):
         self._reports = ReportBook()
         self._usage = UsageBook()
         self._environment: dict[str, Any] = {}
+        self._start_seconds: list[float] = []  # each of the first jobs' environment start
         self._reader = backend.event_reader(store)
         # With no event log to read (deleted), ask the queue at the first wait.
         self._last_change = time.time() if store.event_log.exists() else 0.0
@@ -84,11 +85,15 @@ class Map(MapActions, MapResults):
             record = self.store.read_meta().get("environment")
             self._environment = dict(record) if isinstance(record, dict) else {}
         if self._environment.get("kind") in ("pack", "archive"):
-            from ..environment.costs import summarize
+            from ..environment.costs import SAMPLED_JOBS, job_start_seconds, summarize
 
-            # what the archive costs: bytes sent for the map's jobs, each job's start
-            return summarize(self._environment, self.store.path / "logs",
-                             sum(1 for _ in self.store.tasks()))
+            # what the archive costs: bytes sent for the map's jobs (known from the task
+            # table, no file read), each job's start (read until the first jobs gave it)
+            with self._lock:
+                jobs = len(self._table.tasks)
+            if len(self._start_seconds) < min(SAMPLED_JOBS, jobs):
+                self._start_seconds = job_start_seconds(self.store.path / "logs")
+            return summarize(self._environment, jobs, self._start_seconds)
         return dict(self._environment)
 
     def __len__(self) -> int:

@@ -69,6 +69,7 @@ class OutcomeReader:
         self._failed: dict[int, frozenset[int]] = {}
         self._headers: dict[int, dict[str, Any]] = {}
         self._problems: dict[int, str] = {}
+        self._packed: bool | None = None  # whether the jobs ran a packed environment
 
     def records(self, task: int) -> dict[int, dict[str, Any]]:
         """``{item: record}`` of one job, values and exceptions as bytes (nothing is
@@ -226,8 +227,10 @@ class OutcomeReader:
 
     def _packing_hint(self, message: str) -> str:
         """How to get a module the packed environment left out into the jobs."""
-        record = self.store.read_meta().get("environment")
-        if not isinstance(record, dict) or record.get("kind") != "pack":
+        if self._packed is None:  # read once: every failed item may ask
+            record = self.store.read_meta().get("environment")
+            self._packed = isinstance(record, dict) and record.get("kind") == "pack"
+        if not self._packed:
             return ""
         match = re.search(r"No module named '([\w.]+)'", message)
         name = match.group(1).split(".")[0] if match else "<the package>"

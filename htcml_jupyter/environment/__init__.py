@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.submit_description import JobLaunch, default_launch
 from ..engine.errors import HTCMLError, PoolUnavailable
 from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
-from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, summarize, warn_if_costly
+from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, warn_if_costly
 from .launch import (
     archive_name,
     bootstrap_script,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Decision", "EnvSource", "PackProgress", "PackedEnvironment",
            "archive_name", "auto_decision", "bootstrap_script", "cloudpickle_folder",
            "decide", "default_cache_dir", "export_archive", "job_launch", "launch_for",
-           "pack_environment", "pool_domains", "size_text", "summarize"]
+           "pack_environment", "pool_domains", "size_text"]
 
 
 def size_text(n: float) -> str:

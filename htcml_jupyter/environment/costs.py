@@ -57,7 +57,11 @@ def warn_if_costly(record: dict[str, Any], jobs: int) -> str | None:
     return message
 
 
-def job_start_seconds(logs: Path, tasks: int = 8) -> list[float]:
+#: How many of a map's first jobs its per-job start is the median of.
+SAMPLED_JOBS = 8
+
+
+def job_start_seconds(logs: Path, tasks: int = SAMPLED_JOBS) -> list[float]:
     """Seconds each of the first ``tasks`` finished jobs spent getting its environment
     ready (unpacking the archive or linking the machine's copy)."""
     out: list[float] = []
@@ -73,14 +77,14 @@ def job_start_seconds(logs: Path, tasks: int = 8) -> list[float]:
     return out
 
 
-def summarize(record: dict[str, Any], logs: Path, jobs: int) -> dict[str, Any]:
+def summarize(record: dict[str, Any], jobs: int, start_seconds: list[float]) -> dict[str, Any]:
     """The record with the measured costs added: ``bytes_sent`` for ``jobs`` jobs and
-    ``job_start_seconds`` (the median over the first jobs, when any finished)."""
+    ``job_start_seconds``, the median of ``start_seconds`` (what
+    :func:`job_start_seconds` read), when any job gave one."""
     out = dict(record)
     out["jobs"] = jobs
     out["bytes_sent"] = sent_bytes(record, jobs)
-    seconds = job_start_seconds(logs)
-    if seconds:
-        out["job_start_seconds"] = round(statistics.median(seconds), 2)
-        out["job_start_samples"] = len(seconds)
+    if start_seconds:
+        out["job_start_seconds"] = round(statistics.median(start_seconds), 2)
+        out["job_start_samples"] = len(start_seconds)
     return out

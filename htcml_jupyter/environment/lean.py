@@ -199,17 +199,6 @@ def left_out(source: Any) -> list[str]:
                          exclude=source.exclude).excluded)
 
 
-def distributions_of_modules(modules: Iterable[str], site_dirs: Iterable[Path]) -> set[str]:
-    """The normalized names of the distributions that provide ``modules`` (top-level
-    module names such as ``"sklearn"``)."""
-    wanted = {m.split(".")[0] for m in modules}
-    found: set[str] = set()
-    for name, dist in installed(site_dirs).items():
-        if wanted & dist.top_names:
-            found.add(name)
-    return found
-
-
 def pickle_names(data: bytes) -> set[str]:
     """The top-level names a pickle stream mentions (module names of its globals, the
     names a pickled function's code uses), read with :mod:`pickletools` -- nothing is
