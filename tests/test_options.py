@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from htcml_jupyter import auto_chunksize
+from htcml_jupyter.engine.chunking import items_per_job
 from htcml_jupyter.engine.options import OptionError, SubmitOptions, size_in_mb
 
 
@@ -69,6 +70,21 @@ def test_size_in_mb(text: str, mb: int) -> None:
     (10, 8, 1), (16, 8, 1), (17, 8, 3), (100, 8, 13), (1000, 8, 125), (5, 0, 1)])
 def test_auto_chunksize(items: int, slots: int, size: int) -> None:
     assert auto_chunksize(items, slots) == size
+
+
+@pytest.mark.parametrize(("chunksize", "items", "batch", "slots", "size"), [
+    ("auto", 4, 4, 2, 4), ("auto", 4, None, 2, 1), ("auto", 100, 8, 8, 16),
+    ("auto", 100, 1, 8, 13), (3, 100, 8, 8, 3), ("auto", 5, 2, 0, 2)])
+def test_items_per_job_rounds_auto_to_whole_batches(
+        chunksize: int | str, items: int, batch: int | None, slots: int, size: int) -> None:
+    assert items_per_job(chunksize, items, batch, lambda: slots) == size
+
+
+def test_items_per_job_asks_for_slots_only_for_auto() -> None:
+    def no_pool() -> int:
+        raise AssertionError("a fixed chunksize needs no slot count")
+
+    assert items_per_job(7, 100, 2, no_pool) == 7
 
 
 @pytest.mark.parametrize("value", ["0GB", "0", 0, -2, 0.0])

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .chunking import auto_chunksize
+from .chunking import items_per_job
 from .options import SubmitOptions
 from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
 from .store import MapStore
@@ -209,8 +209,8 @@ class MapActions:
             raise
 
     def _chunksize_for(self, n: int) -> int:
-        size = self.meta.get("chunksize", 1)
-        if size == "auto":
-            return auto_chunksize(n, self.backend.capacity(self.options))
-        return int(size)
+        """Items per job of a retry of ``n`` items: as the map was created (whole
+        batches)."""
+        return items_per_job(self.meta.get("chunksize", 1), n, self.meta.get("batch_size"),
+                             lambda: self.backend.capacity(self.options))
 

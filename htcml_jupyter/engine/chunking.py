@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def auto_chunksize(n_items: int, slots: int) -> int:
@@ -19,3 +20,18 @@ def auto_chunksize(n_items: int, slots: int) -> int:
     return math.ceil(n_items / slots)
 
 
+def items_per_job(chunksize: int | str, n_items: int, batch_size: int | None,
+                  slots: Callable[[], int]) -> int:
+    """Items per job of a submission of ``n_items`` items (a map's creation, a retry).
+
+    ``chunksize`` is a number, used as given, or ``"auto"`` (:func:`auto_chunksize`
+    over ``slots()``, asked only then), rounded up to whole batches when the map has a
+    ``batch_size``: a job never splits a batch, so a retried item comes back in a batch
+    of the size it was created with.
+    """
+    if chunksize != "auto":
+        return int(chunksize)
+    size = auto_chunksize(n_items, slots())
+    if batch_size:
+        size = math.ceil(size / batch_size) * batch_size  # whole batches per job
+    return size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -12,7 +11,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chunking import auto_chunksize
+from .chunking import items_per_job
 from .inputs import shared_files
 from .mapping import Chunksize, Map
 from .options import OptionError, SubmitOptions
@@ -77,10 +76,8 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
     fn_name = getattr(function, "__name__", "map")
     name = name or new_map_name(fn_name)
     backend.check_visible(root / name)
-    size = chunksize if chunksize != "auto" else auto_chunksize(
-        length if length is not None else LOOKAHEAD, backend.capacity(submit_options))
-    if batch_size is not None and chunksize == "auto":
-        size = math.ceil(size / batch_size) * batch_size  # whole batches per job
+    size = items_per_job(chunksize, length if length is not None else LOOKAHEAD, batch_size,
+                         lambda: backend.capacity(submit_options))
     meta = {
         "name": name, "function": fn_name, "created": time.time(), "n_items": length,
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
