@@ -19,10 +19,11 @@ from ..engine.errors import HTCMLError, PoolUnavailable
 from ..engine.options import SubmitOptions, size_in_mb
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
+from ..environment.launch import JobLaunch
 from .bindings import call_with_pool, daemon_restarted, pool_config
 from .condor_events import USAGE_PROJECTION, CondorEventReader, explain_hold, usage_from_ad
 from .resources import PoolResources, collector_resources
-from .submit_description import JobLaunch, submit_description
+from .submit_description import submit_description
 
 T = TypeVar("T")
 

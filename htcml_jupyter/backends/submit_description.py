@@ -8,8 +8,6 @@ through ``submit_extra``; trying is an :class:`~htcml_jupyter.OptionError`.
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.options import (
@@ -21,32 +19,8 @@ from ..engine.options import (
     size_kb,
 )
 from ..engine.store import MapStore
+from ..environment.launch import JobLaunch, default_launch
 from ..jobside import calls, job, runner, wire
-
-
-@dataclass(frozen=True)
-class JobLaunch:
-    """How a job starts its runner: the executable, what goes before the runner's own
-    arguments, and the files and environment that must come with it."""
-
-    executable: str
-    transfer_executable: bool = False
-    arguments_prefix: tuple[str, ...] = ()
-    input_files: tuple[str, ...] = ()
-    environment: dict[str, str] = field(default_factory=dict)
-    #: Files every job of the submission shares (the packed environment), sent once per
-    #: execute point as HTCondor's common input files where the schedd supports them.
-    common_input_files: tuple[str, ...] = ()
-    #: Least scratch disk (KiB) the launch itself needs (an archive and its unpacked
-    #: tree); asked for when the map's ``request_disk`` is the default and smaller.
-    disk_kb: int | None = None
-
-
-def default_launch(options: SubmitOptions) -> JobLaunch:
-    """The interpreter named by ``python=``; in a container the image's ``python3``;
-    otherwise this process's own interpreter (a pool that shares its filesystem)."""
-    python = options.python or ("python3" if options.container_image else sys.executable)
-    return JobLaunch(executable=python)
 
 
 def job_side_files() -> list[str]:

@@ -18,14 +18,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.submit_description import JobLaunch, default_launch
 from ..engine.errors import HTCMLError, PoolUnavailable
 from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
 from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, warn_if_costly
 from .launch import (
+    JobLaunch,
     archive_name,
     bootstrap_script,
     cloudpickle_folder,
+    default_launch,
     launch_for,
     supports_common_files,
 )

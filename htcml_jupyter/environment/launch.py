@@ -1,4 +1,4 @@
-"""The :class:`JobLaunch` of each kind of environment.
+"""How a job starts: the :class:`JobLaunch`, and the one of each kind of environment.
 
 Every kind ships the notebook's own ``cloudpickle`` package folder with the job: the
 runner's folder comes first on the job's ``sys.path``, so the function is always
@@ -8,13 +8,39 @@ unpickled by the cloudpickle that pickled it, whatever the image or interpreter 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..backends.submit_description import JobLaunch, default_launch
 from ..engine.options import SubmitOptions
 from ..jobside import runner
 from .choice import is_url
+
+
+@dataclass(frozen=True)
+class JobLaunch:
+    """How a job starts its runner: the executable, what goes before the runner's own
+    arguments, and the files and environment that must come with it."""
+
+    executable: str
+    transfer_executable: bool = False
+    arguments_prefix: tuple[str, ...] = ()
+    input_files: tuple[str, ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+    #: Files every job of the submission shares (the packed environment), sent once per
+    #: execute point as HTCondor's common input files where the schedd supports them.
+    common_input_files: tuple[str, ...] = ()
+    #: Least scratch disk (KiB) the launch itself needs (an archive and its unpacked
+    #: tree); asked for when the map's ``request_disk`` is the default and smaller.
+    disk_kb: int | None = None
+
+
+def default_launch(options: SubmitOptions) -> JobLaunch:
+    """The interpreter named by ``python=``; in a container the image's ``python3``;
+    otherwise this process's own interpreter (a pool that shares its filesystem)."""
+    python = options.python or ("python3" if options.container_image else sys.executable)
+    return JobLaunch(executable=python)
 
 
 def bootstrap_script() -> Path:

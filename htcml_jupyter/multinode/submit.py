@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.condor import CondorBackend
-from ..backends.submit_description import JobLaunch
 from ..engine.creation import create_map
 from ..engine.mapping import Map
 from ..engine.options import OptionError, SubmitOptions
 from ..engine.payload import code_locations
 from ..engine.store import MapStore
+from ..environment.launch import JobLaunch
 from ..jobside import torchrun_launch, torchrun_relay, torchrun_worker
 from ..jobside.torchrun_relay import RELAY_DIR
 
