@@ -23,10 +23,10 @@ import pytest
 import htcml_jupyter as htc
 from htcml_jupyter import environment
 from htcml_jupyter.backends.submit_description import submit_description
+from htcml_jupyter.engine.costs import sent_bytes, warn_if_costly
 from htcml_jupyter.engine.options import OptionError, SubmitOptions
 from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.environment import EnvSource, launch_for, pack_environment
-from htcml_jupyter.environment.costs import sent_bytes, warn_if_costly
 from htcml_jupyter.environment.launch import supports_common_files
 from htcml_jupyter.environment.layout import plan
 from htcml_jupyter.environment.lean import (

@@ -85,7 +85,7 @@ class Map(MapActions, MapResults):
             record = self.store.read_meta().get("environment")
             self._environment = dict(record) if isinstance(record, dict) else {}
         if self._environment.get("kind") in ("pack", "archive"):
-            from ..environment.costs import SAMPLED_JOBS, job_start_seconds, summarize
+            from .costs import SAMPLED_JOBS, job_start_seconds, summarize
 
             # what the archive costs: bytes sent for the map's jobs (known from the task
             # table, no file read), each job's start (read until the first jobs gave it)

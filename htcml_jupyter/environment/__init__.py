@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..engine.costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, warn_if_costly
 from ..engine.errors import HTCMLError, PoolUnavailable
 from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
-from .costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, warn_if_costly
 from .launch import (
     JobLaunch,
     archive_name,
