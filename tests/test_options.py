@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,34 @@ def test_gpu_memory_is_in_mb_and_warns_when_a_unit_excludes_the_cards() -> None:
     assert opts.gpus_minimum_memory == "16384"
     with pytest.raises(OptionError, match="MB as a number"):
         SubmitOptions.from_kwargs({"gpus_minimum_memory": "lots"})
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"environment": "nonsense"}, r"'auto', 'pack', 'shared', the path of an archive.*"
+                                  r"osdf://.*not 'nonsense'"),
+    ({"environment": "/no/such/env.tar.gz"}, "no such archive.*htcml env pack"),
+    ({"environment": 3}, "environment must be 'auto'"),
+    ({"requirements": "Memory >"}, "requirements: .* ClassAd expression"),
+    ({"input_files": ['/tmp/a"b']}, "quotes"),
+    ({"input_files": ["/tmp/$(x)"]}, r"'\$\('"),
+])
+def test_options_are_checked_before_anything_is_written(
+        tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    import htcml_jupyter as htc
+    from tests import helpers
+
+    root = tmp_path / "maps"
+    with pytest.raises(OptionError, match=message):
+        htc.map(helpers.square, [1], root=root, backend="local", name="checked", **options)
+    assert not (root / "checked").exists()
+
+
+def test_environment_values_that_pass(tmp_path: Path) -> None:
+    archive = tmp_path / "env.tar.gz"
+    archive.write_bytes(b"")
+    for value in ("auto", "pack", "shared", "osdf:///ospool/ap40/me/env.tar.gz"):
+        assert SubmitOptions.from_kwargs({"environment": value}).environment == value
+    assert SubmitOptions.from_kwargs({"environment": str(archive)}).environment \
+        == str(archive)
+    assert SubmitOptions.from_kwargs(
+        {"requirements": 'TARGET.Memory > 4096 && Arch == "X86_64"'}).requirements

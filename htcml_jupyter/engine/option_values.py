@@ -7,6 +7,7 @@ convention live here; each takes the option's name (for the message) and the val
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from typing import Any
@@ -74,6 +75,52 @@ def check_gpu_memory(name: str, value: Any) -> str:
                       f"{int(float(m.group(1)) * 1000)} MB or less); write the MB number the "
                       f"sites use, e.g. {name}={int(float(m.group(1)) * 900)}", stacklevel=4)
     return str(mb)
+
+#: What ``environment=`` names besides an archive: see :mod:`htcml_jupyter.environment`.
+ENVIRONMENT_KINDS = ("auto", "pack", "shared")
+#: URL schemes HTCondor's file transfer fetches itself (an archive given by its URL).
+URL_SCHEMES = ("https://", "http://", "osdf://", "pelican://", "stash://", "s3://")
+#: How an archive made by ``htcml env pack`` is named.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def check_environment(name: str, value: Any) -> str:
+    """``auto``, ``pack``, ``shared``, the URL of an archive, or the path of an archive
+    that exists here (made absolute, so the map records what was checked)."""
+    allowed = (f"{name} must be 'auto', 'pack', 'shared', the path of an archive made by "
+               f"`htcml env pack` ({' or '.join(ARCHIVE_SUFFIXES)}) or its URL "
+               f"({', '.join(URL_SCHEMES)})")
+    if not isinstance(value, (str, os.PathLike)):
+        raise OptionError(f"{allowed}, not {value!r}")
+    text = os.fspath(value).strip()
+    if text in ENVIRONMENT_KINDS:
+        return text
+    if any(c in text for c in ("\n", "\r", '"', ",", "$(")):
+        raise OptionError(f"{allowed}; {text!r} holds a newline, a quote, ',' or '$('")
+    if text.lower().startswith(URL_SCHEMES):
+        return text
+    if not text.endswith(ARCHIVE_SUFFIXES):
+        raise OptionError(f"{allowed}, not {value!r}")
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.isfile(path):
+        raise OptionError(f"{name}={value!r}: no such archive ({path}); make one with "
+                          f"`htcml env pack --output {text}`")
+    return path
+
+
+def check_expression(name: str, value: Any) -> str:
+    """A one-line ClassAd expression that parses (``TARGET.Memory > 4096``)."""
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise OptionError(f"{name} must be a one-line ClassAd expression, not {value!r}")
+    import classad2  # only when an expression is given
+
+    try:
+        classad2.ExprTree(value)
+    except Exception:
+        raise OptionError(f"{name}: {value!r} is not a ClassAd expression HTCondor can "
+                          f"parse (e.g. 'TARGET.Memory > 4096 && HasDocker')") from None
+    return value
+
 
 def check_duration(name: str, value: Any) -> str:
     if value not in ("Medium", "Long"):

@@ -12,6 +12,8 @@ from .option_values import (
     SIZE_PATTERN,
     OptionError,
     check_duration,
+    check_environment,
+    check_expression,
     check_gpu_memory,
     check_names,
     check_size,
@@ -118,8 +120,11 @@ def _files(name: str, value: Any) -> list[str]:
     out: list[str] = []
     for item in value:
         text = os.fspath(item) if isinstance(item, os.PathLike) else item
-        if not isinstance(text, str) or not text or "," in text or "\n" in text:
-            raise OptionError(f"{name}: {item!r} must be a path or URL without commas")
+        if not isinstance(text, str) or not text or any(
+                c in text for c in (",", "\n", "\r", '"', "$(")):
+            raise OptionError(f"{name}: {item!r} must be a path or URL without commas, "
+                              f"quotes, newlines or '$(' (HTCondor's file list cannot hold "
+                              f"them)")
         if _URL.match(text):
             out.append(text)
             continue
@@ -198,7 +203,8 @@ OPTIONS: dict[str, OptionSpec] = {
     "gpus_minimum_capability": OptionSpec(_capability, None,
                                           "least CUDA capability, e.g. 7.5",
                                           "gpus_minimum_capability", needs="request_gpus"),
-    "requirements": OptionSpec(_text, None, "a ClassAd expression the machine must satisfy",
+    "requirements": OptionSpec(check_expression, None,
+                               "a ClassAd expression the machine must satisfy",
                                "requirements"),
     "container_image": OptionSpec(_text, None, "container image the job runs in",
                                   "container_image"),
@@ -244,7 +250,7 @@ OPTIONS: dict[str, OptionSpec] = {
                                      "where files written under output_dir() go: an "
                                      "absolute folder, or a URL such as osdf:///... "
                                      "(default: the map's folder)"),
-    "environment": OptionSpec(_text, "auto",
+    "environment": OptionSpec(check_environment, "auto",
                               "how jobs get Python and packages: 'auto', 'pack', 'shared', or "
                               "the path or URL of an archive from `htcml env pack`"),
     "pack_include": OptionSpec(check_names, [],

@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.option_values import URL_SCHEMES
 from ..engine.options import OptionError, SubmitOptions
 
 #: The kinds of environment a map can record.
 KINDS = ("shared", "pack", "archive", "container")
-#: URL schemes HTCondor's file transfer fetches itself.
-URL_SCHEMES = ("https://", "http://", "osdf://", "pelican://", "stash://", "s3://")
 
 Domains = tuple[str | None, list[str]]
 
