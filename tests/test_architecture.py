@@ -1,236 +1,118 @@
 """The package's layout rules, read from its source with ``ast`` (nothing is imported).
 
 * No import cycles between the modules of ``htcml_jupyter`` (imports inside functions
-  count; those under ``if TYPE_CHECKING:`` do not, as they never run).
+  count; those under ``if TYPE_CHECKING:`` do not, as they never run). Importing
+  ``pkg.sub.mod`` runs ``pkg/sub/__init__.py`` too, so that is an import of ``pkg.sub``.
 * No module is longer than :data:`MAX_LINES` lines.
 * ``jobside/`` runs on the execute node with a bare interpreter: it imports the standard
   library and its own modules only, plus a few optional packages inside functions.
+* The layers ARCHITECTURE.md draws: each part of the package (a subpackage, or a
+  top-level module) imports only the parts :data:`LAYERS` gives it, and a few parts are
+  imported only by the modules :data:`IMPORTED_ONLY_BY` names.  An import placed inside
+  a function counts like any other (moving an import into a function to dodge a cycle
+  does not make the layers any cleaner); the few kept exceptions are :data:`ALLOWED`,
+  each with its reason.
 """
 
 from __future__ import annotations
 
-import ast
-import itertools
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from .import_scan import (
+    EVERYTHING,
+    JOBSIDE,
+    JOBSIDE_OPTIONAL,
+    Allowed,
+    Crossing,
+    Module,
+    crossings,
+    describe_cycle,
+    find_cycles,
+    guard_violations,
+    import_graph,
+    jobside_violations,
+    layer_violations,
+    load_modules,
+    part_of,
+    unused_allowances,
+)
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "htcml_jupyter"
 MAX_LINES = 400
-JOBSIDE = "htcml_jupyter.jobside"
-#: What a job-side module may import besides the standard library and its siblings,
-#: and only inside a function (so the runner starts without them).
-JOBSIDE_OPTIONAL = ("cloudpickle", "htchirp", "htcondor2.htchirp", "torch")
 
+#: Part of the package (or one module of it) -> the parts and modules it may import at
+#: run time (its own part always).  Listed from the bottom up: a part imports only parts
+#: listed before it (the sweeps' watcher job aside).
+LAYERS: dict[str, frozenset[str]] = {
+    # runs on the execute node: the standard library only (its own test)
+    "jobside": frozenset(),
+    "paths": frozenset(),
+    # the map itself: knows nothing about HTCondor, backends, environments or views
+    "engine": frozenset({"jobside", "paths"}),
+    # how a job gets Python: reads the map's options, knows no backend
+    "environment": frozenset({"engine", "jobside", "paths"}),
+    # the project's own pool: nothing of the rest
+    "devpool": frozenset({"paths"}),
+    # where jobs run, behind one protocol
+    "backends": frozenset({"engine", "environment", "jobside", "paths", "devpool"}),
+    # sweeps submit their watcher job (workflows.watcher_job), nothing else of workflows
+    "training": frozenset({"engine", "backends", "paths", "workflows.watcher_job"}),
+    # what HTCondor runs after the notebook is gone: the watcher rebuilds a sweep
+    "workflows": frozenset({"engine", "environment", "backends", "jobside", "paths",
+                            "training"}),
+    "multinode": frozenset({"engine", "environment", "backends", "jobside", "paths"}),
+    # the public Python API
+    "executor": frozenset({"engine", "backends", "paths"}),
+    "joblib_backend": frozenset({"engine", "backends", "executor", "paths"}),
+    "api": frozenset({"engine", "backends", "training", "workflows", "multinode", "paths"}),
+    # what people see: magics, panels; the Jupyter server's endpoints
+    "views": frozenset({"api", "engine", "training", "multinode", "paths"}),
+    "server": frozenset({"api", "engine", "training", "paths"}),
+    # the top: the package's lazy public names, the command line, the demo
+    "__init__": frozenset({EVERYTHING}),
+    "cli": frozenset({EVERYTHING}),
+    "demo": frozenset({EVERYTHING}),
+}
 
-@dataclass(frozen=True)
-class Import:
-    """One imported name: the module it comes from, as written and resolved."""
+#: A part (or module) -> the only parts and modules outside it that may import it.
+IMPORTED_ONLY_BY: dict[str, tuple[str, ...]] = {
+    # the project's pool is chosen by the pool chooser and driven by `htcml pool`
+    "devpool": ("backends.pools", "cli"),
+    # a pool's configuration and the calls made under it stay behind the Backend protocol
+    "backends.bindings": ("cli",),
+}
 
-    module: str  # absolute dotted name ("" for a relative import that leaves the tree)
-    names: tuple[str, ...]  # what ``from module import ...`` took; () for ``import module``
-    relative: bool
-    in_function: bool
-    line: int
-
-
-@dataclass
-class Module:
-    name: str
-    path: Path
-    is_package: bool
-    imports: list[Import] = field(default_factory=list)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
-
-
-class _ImportCollector(ast.NodeVisitor):
-    """Every import of a module, except those guarded by ``if TYPE_CHECKING:``."""
-
-    def __init__(self, module: str, is_package: bool) -> None:
-        self.module = module
-        self.is_package = is_package
-        self.imports: list[Import] = []
-        self.depth = 0  # functions we are inside
-
-    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
-        self.depth += 1
-        self.generic_visit(node)
-        self.depth -= 1
-
-    visit_FunctionDef = _function
-    visit_AsyncFunctionDef = _function
-    visit_Lambda = _function
-
-    def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
-            for stmt in node.orelse:  # only the else branch runs
-                self.visit(stmt)
-            return
-        self.generic_visit(node)
-
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            self.imports.append(Import(alias.name, (), False, self.depth > 0, node.lineno))
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        names = tuple(alias.name for alias in node.names)
-        if node.level == 0:
-            module = node.module or ""
-        else:
-            base = self.module.split(".")
-            if not self.is_package:
-                base = base[:-1]
-            up = node.level - 1
-            base = base[:len(base) - up] if up <= len(base) else []
-            module = ".".join([*base, *([node.module] if node.module else [])]) if base else ""
-        self.imports.append(Import(module, names, node.level > 0, self.depth > 0, node.lineno))
-
-
-def load_modules(package_dir: Path) -> dict[str, Module]:
-    """Every module under ``package_dir`` (named from the package's folder name) with
-    the imports it makes."""
-    modules: dict[str, Module] = {}
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        parts = [package_dir.name, *path.relative_to(package_dir).with_suffix("").parts]
-        is_package = parts[-1] == "__init__"
-        if is_package:
-            parts = parts[:-1]
-        name = ".".join(parts)
-        collector = _ImportCollector(name, is_package)
-        collector.visit(ast.parse(path.read_text(), filename=str(path)))
-        modules[name] = Module(name, path, is_package, collector.imports)
-    return modules
-
-
-def import_graph(modules: dict[str, Module]) -> dict[str, dict[str, int]]:
-    """module -> {module it imports: line of the first such import}, within the package.
-
-    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to
-    ``pkg`` itself; ``import pkg.sub`` is an edge to ``pkg.sub``.
-    """
-    graph: dict[str, dict[str, int]] = {name: {} for name in modules}
-    for name, module in modules.items():
-        for imp in module.imports:
-            targets: list[str] = []
-            if imp.names:
-                for item in imp.names:
-                    sub = f"{imp.module}.{item}"
-                    targets.append(sub if sub in modules else imp.module)
-            else:
-                targets.append(imp.module)
-            for target in targets:
-                if target in modules and target != name:
-                    graph[name].setdefault(target, imp.line)
-    return graph
-
-
-def find_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
-    """One cycle (``[a, b, ..., a]``) through each strongly connected group of modules."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    groups: list[list[str]] = []
-
-    def connect(node: str) -> None:  # Tarjan's algorithm
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in sorted(graph[node]):
-            if nxt not in index:
-                connect(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            group = []
-            while True:
-                top = stack.pop()
-                on_stack.discard(top)
-                group.append(top)
-                if top == node:
-                    break
-            if len(group) > 1:
-                groups.append(sorted(group))
-
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10 * len(graph) + 100))
-    try:
-        for node in sorted(graph):
-            if node not in index:
-                connect(node)
-    finally:
-        sys.setrecursionlimit(limit)
-    return [_cycle_in(graph, set(group), group[0]) for group in sorted(groups)]
-
-
-def _cycle_in(graph: dict[str, dict[str, int]], group: set[str], start: str) -> list[str]:
-    """The shortest path from ``start`` back to itself inside ``group`` (breadth first)."""
-    came_from: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following: list[str] = []
-        for node in frontier:
-            for nxt in sorted(graph[node]):
-                if nxt not in group:
-                    continue
-                if nxt == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(came_from[path[-1]])
-                    return [start, *reversed(path[:-1]), start]
-                if nxt not in came_from:
-                    came_from[nxt] = node
-                    following.append(nxt)
-        frontier = following
-    raise AssertionError(f"no cycle through {start}")  # a strongly connected group has one
-
-
-def describe_cycle(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
-    """``a -> b -> a`` and, below it, the line of each import in the cycle."""
-    steps = [f"{a}:{graph[a][b]} imports {b}" for a, b in itertools.pairwise(cycle)]
-    return " -> ".join(cycle) + "\n      " + "\n      ".join(steps)
-
-
-def jobside_violations(modules: dict[str, Module], jobside: str = JOBSIDE) -> Iterator[str]:
-    """Imports of the job-side modules other than the standard library, each other, and
-    :data:`JOBSIDE_OPTIONAL` inside functions."""
-    mine = {name for name in modules if name == jobside or name.startswith(jobside + ".")}
-    siblings = {name.rsplit(".", 1)[-1] for name in mine if name != jobside}
-    for name in sorted(mine):
-        module = modules[name]
-        for imp in module.imports:
-            full = [f"{imp.module}.{n}" for n in imp.names] if imp.names else [imp.module]
-            for what in full if imp.module and not imp.relative else [imp.module]:
-                if _jobside_allows(what, imp, mine, siblings):
-                    continue
-                where = "inside a function" if imp.in_function else "at module level"
-                shown = what or "(a relative import outside the package)"
-                yield f"{module.path.name}:{imp.line} imports {shown} {where}"
-
-
-def _jobside_allows(what: str, imp: Import, mine: set[str], siblings: set[str]) -> bool:
-    if imp.relative:
-        return any(what == m or what.startswith(m + ".") for m in mine)
-    top = what.split(".")[0]
-    if any(what == m or what.startswith(m + ".") for m in mine):
-        return True
-    if top in siblings and imp.module.split(".")[0] in siblings:
-        return True  # ``from wire import ...``: run as a script next to its siblings
-    if imp.module.split(".")[0] in sys.stdlib_module_names:
-        return True
-    return imp.in_function and any(what == opt or what.startswith(opt + ".")
-                                   for opt in JOBSIDE_OPTIONAL)
-
+#: Imports kept against the rules above, each with its reason.
+ALLOWED: tuple[Allowed, ...] = (
+    # A handle shows itself when a person asks: the view loads only then, so a script,
+    # a job or the watcher never imports ipywidgets or the views.
+    Allowed("engine.mapping", "Map.panel", "views.panel",
+            "Map.panel() builds its panel on request"),
+    Allowed("engine.mapping", "Map._repr_html_", "views.progress",
+            "Jupyter asks the handle itself for its HTML (_repr_html_)"),
+    Allowed("training.sweeps", "Sweep.panel", "views.sweep_panel",
+            "Sweep.panel() builds its panel on request"),
+    Allowed("multinode.run", "TorchrunRun.panel", "views.torchrun_panel",
+            "TorchrunRun.panel() builds its panel on request"),
+    # Being removed: the backend protocol becomes the only seam to a pool.
+    Allowed("environment.choice", "pool_domains", "backends.bindings",
+            "asks the schedd's filesystem domain with the pool's configuration",
+            being_removed=True),
+    Allowed("environment.choice", "schedd_version", "backends.bindings",
+            "asks the schedd's version with the pool's configuration", being_removed=True),
+    Allowed("environment.choice", "_schedd_domain", "backends.bindings",
+            "retries a call to a restarted schedd", being_removed=True),
+    Allowed("multinode.run", "TorchrunRun.queued_jobs", "backends.bindings",
+            "queries the schedd with the pool's configuration", being_removed=True),
+    Allowed("workflows.watcher_job", "", "backends.bindings",
+            "writes the watcher job's arguments and environment itself",
+            being_removed=True),
+    Allowed("multinode", "attach_run", "api",
+            "htc.attach_run is htc.attach narrowed to runs; api.attach returning a run "
+            "would make it a cycle", being_removed=True),
+)
 
 # --------------------------------------------------------------------------- the rules
 
@@ -265,6 +147,51 @@ def test_jobside_imports_only_the_standard_library(modules: dict[str, Module]) -
                           + "\n  ".join(problems))
 
 
+@pytest.fixture(scope="module")
+def found(modules: dict[str, Module]) -> list[Crossing]:
+    return crossings(modules)
+
+
+def _listed(crossings_: list[Crossing]) -> str:
+    return "\n  " + "\n  ".join(str(c) for c in crossings_)
+
+
+def test_every_part_has_a_layer(modules: dict[str, Module]) -> None:
+    parts = {part_of(name.partition(".")[2]) for name in modules}
+    assert {"engine", "jobside", "api", "__init__"} <= parts, sorted(parts)
+    missing = sorted(parts - set(LAYERS))
+    assert not missing, (f"parts of htcml_jupyter with no entry in LAYERS: {missing}; "
+                         "say what each may import (and add it to ARCHITECTURE.md's Layers)")
+
+
+@pytest.mark.parametrize("part", sorted(LAYERS))
+def test_layers(part: str, found: list[Crossing]) -> None:
+    bad = layer_violations(found, LAYERS, ALLOWED).get(part, [])
+    rules = {key: sorted(v) for key, v in LAYERS.items() if key.split(".")[0] == part}
+    assert not bad, (f"{part} may import only {rules} (LAYERS in this file, as "
+                     f"ARCHITECTURE.md's Layers draws them); it imports:{_listed(bad)}\n"
+                     "move the code to the part it belongs to, or pass what it needs in")
+
+
+@pytest.mark.parametrize("guarded", sorted(IMPORTED_ONLY_BY))
+def test_imported_only_by(guarded: str, modules: dict[str, Module],
+                          found: list[Crossing]) -> None:
+    names = {name.partition(".")[2] for name in modules}
+    assert any(n == guarded or n.startswith(guarded + ".") for n in names), guarded
+    bad = guard_violations(found, guarded, IMPORTED_ONLY_BY[guarded], ALLOWED)
+    assert not bad, (f"{guarded} is imported only by {', '.join(IMPORTED_ONLY_BY[guarded])} "
+                     f"(and inside its own part); these import it too:{_listed(bad)}")
+
+
+def test_every_allowed_import_is_still_made(found: list[Crossing]) -> None:
+    stale = unused_allowances(found, ALLOWED)
+    assert not stale, ("drop these entries from ALLOWED, no module makes that import "
+                       "any more:\n  " + "\n  ".join(
+                           f"{a.importer} ({a.function or 'module level'}) -> {a.imported}"
+                           for a in stale))
+    assert all(a.reason for a in ALLOWED)
+
+
 # --------------------------------------------------------------------------- the checks
 
 
@@ -287,8 +214,10 @@ def test_cycle_check_sees_function_imports_and_skips_type_checking(tmp_path: Pat
         "d.py": "from pkg import a\n",
         "sub/__init__.py": "from .. import a\nfrom ..sub import e\n",
         "sub/e.py": "from . import g\n",
+        "x.py": "import pkg.sub.e\n",
     })
     graph = import_graph(modules)
+    assert graph["pkg.x"] == {"pkg.sub": 1, "pkg.sub.e": 1}  # importing e runs sub's __init__
     assert graph["pkg.a"] == {"pkg.b": 1}
     assert graph["pkg.b"] == {"pkg.c": 2}
     assert graph["pkg.c"] == {"pkg.d": 5}  # the TYPE_CHECKING import is not an edge
@@ -322,3 +251,41 @@ def test_jobside_check_flags_what_a_bare_interpreter_lacks(tmp_path: Path) -> No
         "runner.py:13 imports pkg.engine at module level",
         "runner.py:14 imports pkg at module level",
     ], found
+
+
+def test_layer_checks_flag_what_the_table_does_not_allow(tmp_path: Path) -> None:
+    modules = _package(tmp_path, {
+        "__init__.py": "from .top import run\n",
+        "top.py": "from .low import a\nfrom .mid import b\n",
+        "low/__init__.py": "",
+        "low/a.py": "from typing import TYPE_CHECKING\n"
+                    "if TYPE_CHECKING:\n    from ..top import run\n"
+                    "class A:\n    def show(self):\n        from ..top import view\n"
+                    "def helper():\n    from ..mid import b\n",
+        "mid/__init__.py": "",
+        "mid/b.py": "from ..low import a\nfrom ..secret import c\n",
+        "mid/c.py": "from ..secret import c\n",
+        "secret/__init__.py": "",
+        "secret/c.py": "from ..low.a import A\n",
+    })
+    found = crossings(modules)
+    layers = {"low": frozenset(), "mid": frozenset({"low", "secret"}),
+              "secret": frozenset({"low"}), "top": frozenset({EVERYTHING}),
+              "__init__": frozenset({"top"})}
+    bad = layer_violations(found, layers)
+    assert sorted(bad) == ["low"]
+    assert [str(c) for c in bad["low"]] == [
+        "pkg/low/a.py:6 (in A.show) imports top",  # inside a function: it counts
+        "pkg/low/a.py:8 (in helper) imports mid.b",
+    ]  # the TYPE_CHECKING import does not
+    keep = (Allowed("low.a", "A.show", "top", "shows itself on request"),)
+    assert [str(c) for c in layer_violations(found, layers, keep)["low"]] == [
+        "pkg/low/a.py:8 (in helper) imports mid.b"]
+    assert [str(c) for c in guard_violations(found, "secret", ("mid.b",))] == [
+        "pkg/mid/c.py:1 imports secret.c"]
+    assert guard_violations(found, "secret", ("mid",)) == []
+    gone = Allowed("low.a", "helper", "secret", "no such import")
+    assert unused_allowances(found, (*keep, gone)) == [gone]
+    assert layer_violations(found, {**layers, "mid": frozenset({"low"})}) \
+        .get("mid") == [c for c in found if c.importer.startswith("mid")
+                        and c.imported.startswith("secret")]
