@@ -1,15 +1,20 @@
-"""How option values are written and checked: sizes, GPU memory in MB, lists of names.
+"""How option values are checked: the ``check`` column of
+:data:`htcml_jupyter.engine.options.OPTIONS`.
 
-The checks of :data:`htcml_jupyter.engine.options.OPTIONS` that know a unit or a site's
-convention live here; each takes the option's name (for the message) and the value.
+Each check takes the option's name (for the message) and the value, and returns the
+value as the map records it, or raises :class:`OptionError` saying what is allowed.
+Everything an option needs is checked here, when the map is made, so a bad value never
+leaves a folder or a job behind: sizes, GPU memory in MB, lists of names, an archive
+that must exist, a ClassAd expression that must parse, file names HTCondor's lists can
+hold.
 """
-
 from __future__ import annotations
 
 import math
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT])?\s*$", re.IGNORECASE)
@@ -127,4 +132,125 @@ def check_duration(name: str, value: Any) -> str:
         raise OptionError(f"{name} must be 'Medium' (under 10 h, at most 20 h) or 'Long' "
                           f"(under 20 h, at most 40 h), the OSPool's job duration "
                           f"categories, not {value!r}")
+    return str(value)
+
+
+def check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise OptionError(f"{name} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> int:
+    if check_count(name, value) == 0:
+        raise OptionError(f"{name} must be at least 1, not {value!r}")
+    return int(value)
+
+
+def check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise OptionError(f"{name} must be a one-line, non-empty string, not {value!r}")
+    return value
+
+
+def check_destination(name: str, value: Any) -> str:
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text.strip():
+        raise OptionError(f"{name} must be a folder path or a URL, not {value!r}")
+    if any(c in text for c in ("\n", "\r", '"', ",", ";", "$(", " ")):
+        raise OptionError(f"{name}: {text!r} cannot hold spaces, quotes, ',', ';' or '$('")
+    if "://" not in text and not os.path.isabs(text):
+        raise OptionError(f"{name} must be an absolute folder (the submit host writes to it) "
+                          f"or a URL such as osdf:///ospool/..., not {text!r}")
+    return text.rstrip("/") or "/"
+
+
+def check_integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"{name} must be a whole number, not {value!r}")
+    return value
+
+
+def check_capability(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise OptionError(f"{name} must be a CUDA capability such as 7.5, not {value!r}")
+    return float(value)
+
+
+#: Submit commands the engine relies on (event log, what runs, which files come back and
+#: where); ``submit_extra`` may not set them.
+RESERVED_COMMANDS = frozenset({
+    "log", "log_xml", "executable", "arguments", "transfer_executable",
+    "transfer_input_files", "transfer_output_files", "transfer_output_remaps", "initialdir",
+    "output", "error", "submit_event_notes", "checkpoint_exit_code",
+    "transfer_checkpoint_files", "my.htcmlmap", "+htcmlmap", "my.htcmltask", "+htcmltask",
+    "my.htcmlsubmission", "+htcmlsubmission", "when_to_transfer_output",
+    "should_transfer_files", "my.wantioproxy", "+wantioproxy", "universe", "environment",
+})
+
+
+def check_extra(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise OptionError(f"{name} must be a dict of submit commands, not {value!r}")
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not re.match(r"^[+A-Za-z_][\w.+]*$", key):
+            raise OptionError(f"{name}: {key!r} is not a submit command name")
+        if key.lower() in RESERVED_COMMANDS:
+            raise OptionError(f"{name} cannot set {key!r}: the map needs that command to "
+                              f"track its jobs and collect their results")
+        text = str(val)
+        if "\n" in text:
+            raise OptionError(f"{name}: the value of {key!r} must be one line")
+        out[key] = text
+    return out
+
+
+#: Names in the job's folder that the runner itself uses; input files may not take them.
+RESERVED_FILE_NAMES = frozenset({
+    "runner.py", "job.py", "wire.py", "htchirp.py", "bootstrap.sh", "function.pkl",
+    "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env", "htcml_outputs",
+    "calls.py",
+})
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def check_files(name: str, value: Any) -> list[str]:
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise OptionError(f"{name} must be a list of paths or URLs, not {value!r}")
+    out: list[str] = []
+    for item in value:
+        text = os.fspath(item) if isinstance(item, os.PathLike) else item
+        if not isinstance(text, str) or not text or any(
+                c in text for c in (",", "\n", "\r", '"', "$(")):
+            raise OptionError(f"{name}: {item!r} must be a path or URL without commas, "
+                              f"quotes, newlines or '$(' (HTCondor's file list cannot hold "
+                              f"them)")
+        if _URL.match(text):
+            out.append(text)
+            continue
+        path = os.path.abspath(os.path.expanduser(text))
+        if os.path.basename(path.rstrip("/")) in RESERVED_FILE_NAMES:
+            raise OptionError(f"{name}: {path} has the name of a file every job needs "
+                              f"({', '.join(sorted(RESERVED_FILE_NAMES))}); rename it")
+        if not os.path.exists(path):
+            raise OptionError(f"{name}: {path} does not exist; create it or fix the path "
+                              f"(URLs such as osdf:// or https:// are fetched by the job)")
+        out.append(path)
+    return out
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_job_length(name: str, value: Any) -> str:
+    if value not in ("short", "medium", "long"):
+        raise OptionError(f"{name} must be 'short', 'medium' or 'long' (CHTC GPU Lab job "
+                          f"lengths), not {value!r}")
     return str(value)

@@ -2,141 +2,41 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .option_values import (
+    RESERVED_COMMANDS,
+    RESERVED_FILE_NAMES,
     SIZE_PATTERN,
     OptionError,
+    check_capability,
+    check_count,
+    check_destination,
     check_duration,
     check_environment,
     check_expression,
+    check_extra,
+    check_files,
+    check_flag,
     check_gpu_memory,
+    check_integer,
+    check_job_length,
     check_names,
+    check_positive,
     check_size,
+    check_text,
     size_kb,
 )
 
-__all__ = ["OPTIONS", "OptionError", "OptionSpec", "SubmitOptions", "default_of",
-           "describe_options", "size_kb"]
-
-
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise OptionError(f"{name} must be a whole number >= 0, not {value!r}")
-    return value
-
-
-def _positive(name: str, value: Any) -> int:
-    if _count(name, value) == 0:
-        raise OptionError(f"{name} must be at least 1, not {value!r}")
-    return int(value)
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or "\n" in value:
-        raise OptionError(f"{name} must be a one-line, non-empty string, not {value!r}")
-    return value
-
-
-def _destination(name: str, value: Any) -> str:
-    text = os.fspath(value) if isinstance(value, os.PathLike) else value
-    if not isinstance(text, str) or not text.strip():
-        raise OptionError(f"{name} must be a folder path or a URL, not {value!r}")
-    if any(c in text for c in ("\n", "\r", '"', ",", ";", "$(", " ")):
-        raise OptionError(f"{name}: {text!r} cannot hold spaces, quotes, ',', ';' or '$('")
-    if "://" not in text and not os.path.isabs(text):
-        raise OptionError(f"{name} must be an absolute folder (the submit host writes to it) "
-                          f"or a URL such as osdf:///ospool/..., not {text!r}")
-    return text.rstrip("/") or "/"
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionError(f"{name} must be a whole number, not {value!r}")
-    return value
-
-
-def _capability(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise OptionError(f"{name} must be a CUDA capability such as 7.5, not {value!r}")
-    return float(value)
-
+__all__ = ["OPTIONS", "RESERVED_COMMANDS", "RESERVED_FILE_NAMES", "OptionError",
+           "OptionSpec", "SubmitOptions", "default_of", "describe_options", "size_kb"]
 
 #: A map with more jobs than this is submitted with ``max_idle`` set to it (unless
 #: ``max_idle`` or ``max_materialize`` is given): the schedd materializes jobs as others
 #: finish instead of holding them all at once.
 LATE_MATERIALIZATION = 1000
-
-#: Submit commands the engine relies on (event log, what runs, which files come back and
-#: where); ``submit_extra`` may not set them.
-RESERVED_COMMANDS = frozenset({
-    "log", "log_xml", "executable", "arguments", "transfer_executable",
-    "transfer_input_files", "transfer_output_files", "transfer_output_remaps", "initialdir",
-    "output", "error", "submit_event_notes", "checkpoint_exit_code",
-    "transfer_checkpoint_files", "my.htcmlmap", "+htcmlmap", "my.htcmltask", "+htcmltask",
-    "my.htcmlsubmission", "+htcmlsubmission", "when_to_transfer_output",
-    "should_transfer_files", "my.wantioproxy", "+wantioproxy", "universe", "environment",
-})
-
-
-def _extra(name: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise OptionError(f"{name} must be a dict of submit commands, not {value!r}")
-    out: dict[str, str] = {}
-    for key, val in value.items():
-        if not isinstance(key, str) or not re.match(r"^[+A-Za-z_][\w.+]*$", key):
-            raise OptionError(f"{name}: {key!r} is not a submit command name")
-        if key.lower() in RESERVED_COMMANDS:
-            raise OptionError(f"{name} cannot set {key!r}: the map needs that command to "
-                              f"track its jobs and collect their results")
-        text = str(val)
-        if "\n" in text:
-            raise OptionError(f"{name}: the value of {key!r} must be one line")
-        out[key] = text
-    return out
-
-
-#: Names in the job's folder that the runner itself uses; input files may not take them.
-RESERVED_FILE_NAMES = frozenset({
-    "runner.py", "job.py", "wire.py", "htchirp.py", "bootstrap.sh", "function.pkl",
-    "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env", "htcml_outputs",
-    "calls.py",
-})
-
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-
-
-def _files(name: str, value: Any) -> list[str]:
-    if isinstance(value, (str, os.PathLike)):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise OptionError(f"{name} must be a list of paths or URLs, not {value!r}")
-    out: list[str] = []
-    for item in value:
-        text = os.fspath(item) if isinstance(item, os.PathLike) else item
-        if not isinstance(text, str) or not text or any(
-                c in text for c in (",", "\n", "\r", '"', "$(")):
-            raise OptionError(f"{name}: {item!r} must be a path or URL without commas, "
-                              f"quotes, newlines or '$(' (HTCondor's file list cannot hold "
-                              f"them)")
-        if _URL.match(text):
-            out.append(text)
-            continue
-        path = os.path.abspath(os.path.expanduser(text))
-        if os.path.basename(path.rstrip("/")) in RESERVED_FILE_NAMES:
-            raise OptionError(f"{name}: {path} has the name of a file every job needs "
-                              f"({', '.join(sorted(RESERVED_FILE_NAMES))}); rename it")
-        if not os.path.exists(path):
-            raise OptionError(f"{name}: {path} does not exist; create it or fix the path "
-                              f"(URLs such as osdf:// or https:// are fetched by the job)")
-        out.append(path)
-    return out
 
 
 def size_in_mb(size: str) -> int:
@@ -165,6 +65,20 @@ class OptionSpec:
     always: bool = False
     #: How the value is written in the submit description.
     render: Callable[[Any], str] = str
+    #: A valid value: shown in help, and what the tests that cover every option use.
+    example: Any = None
+    #: How a magic's line writes the value (see :attr:`line_syntax`); by default it
+    #: follows the example's type.
+    syntax: str | None = None
+
+    @property
+    def line_syntax(self) -> str:
+        """``"int"``, ``"float"``, ``"text"``, ``"switch"`` (a flag), ``"names"``
+        (comma-separated) or ``"expr"`` (a notebook variable or a Python literal)."""
+        if self.syntax:
+            return self.syntax
+        return {bool: "switch", int: "int", float: "float", list: "names",
+                dict: "expr"}.get(type(self.example), "text")
 
 
 def _classad_string(value: Any) -> str:
@@ -175,98 +89,85 @@ def _classad_bool(value: Any) -> str:
     return "true" if value else "false"
 
 
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise OptionError(f"{name} must be True or False, not {value!r}")
-    return value
-
-
-def _job_length(name: str, value: Any) -> str:
-    if value not in ("short", "medium", "long"):
-        raise OptionError(f"{name} must be 'short', 'medium' or 'long' (CHTC GPU Lab job "
-                          f"lengths), not {value!r}")
-    return str(value)
-
+_Spec = OptionSpec
 
 #: The one source of truth for map options: check, default, help, submit command.
 OPTIONS: dict[str, OptionSpec] = {
-    "request_cpus": OptionSpec(_positive, 1, "CPU cores per job", "request_cpus", always=True),
-    "request_memory": OptionSpec(check_size, "1GB", "memory per job, e.g. 512MB, 4GB",
-                                 "request_memory", always=True),
-    "request_disk": OptionSpec(check_size, "1GB", "scratch disk per job", "request_disk",
-                               always=True),
-    "request_gpus": OptionSpec(_count, 0, "GPUs per job", "request_gpus"),
-    "gpus_minimum_memory": OptionSpec(check_gpu_memory, None,
-                                      "least GPU memory in MB, e.g. 20000 (as CHTC and the "
-                                      "OSPool write it)", "gpus_minimum_memory",
-                                      needs="request_gpus"),
-    "gpus_minimum_capability": OptionSpec(_capability, None,
-                                          "least CUDA capability, e.g. 7.5",
-                                          "gpus_minimum_capability", needs="request_gpus"),
-    "requirements": OptionSpec(check_expression, None,
-                               "a ClassAd expression the machine must satisfy",
-                               "requirements"),
-    "container_image": OptionSpec(_text, None, "container image the job runs in",
-                                  "container_image"),
-    "max_retries": OptionSpec(_count, 0, "reruns of a job that crashes (not Python errors)",
-                              "max_retries"),
-    "max_idle": OptionSpec(_positive, None, "how many jobs of the map may wait in the queue "
-                           f"(late materialization; {LATE_MATERIALIZATION} when the map has "
-                           f"more jobs and neither this nor max_materialize is set)",
-                           "max_idle"),
-    "max_materialize": OptionSpec(_positive, None,
-                                  "how many jobs of the map may be in the queue at once "
-                                  "(late materialization)", "max_materialize"),
-    "priority": OptionSpec(_integer, 0, "job priority within your own jobs", "priority"),
-    "accounting_group": OptionSpec(_text, None, "accounting group to charge",
-                                   "accounting_group"),
-    "project_name": OptionSpec(_text, None, "OSPool project to charge (+ProjectName)",
-                               "My.ProjectName", render=_classad_string),
-    "want_gpu_lab": OptionSpec(_flag, False, "run on CHTC's GPU Lab (+WantGPULab)",
-                               "My.WantGPULab", render=_classad_bool),
-    "gpu_job_length": OptionSpec(_job_length, None,
-                                 "CHTC GPU Lab job length: short, medium or long "
-                                 "(+GPUJobLength; implies want_gpu_lab)", "My.GPUJobLength",
-                                 render=_classad_string),
-    "want_campus_pools": OptionSpec(_flag, False,
-                                    "CHTC: let jobs run on other campus pools "
-                                    "(want_campus_pools)", "want_campus_pools",
-                                    render=_classad_bool),
-    "want_ospool": OptionSpec(_flag, False, "CHTC: let jobs run on the OSPool (want_ospool)",
-                              "want_ospool", render=_classad_bool),
-    "job_duration_category": OptionSpec(check_duration, None,
-                                        "OSPool: 'Medium' or 'Long' "
-                                        "(+JobDurationCategory; the OSPool assumes Medium)",
-                                        "My.JobDurationCategory", render=_classad_string),
-    "is_resumable": OptionSpec(_flag, False,
-                               "CHTC: the jobs checkpoint, so more GPUs may run them "
-                               "(+is_resumable)", "My.is_resumable", render=_classad_bool),
-    "want_flocking": OptionSpec(_flag, False,
-                                "let jobs flock to other pools (+WantFlocking; CHTC now "
-                                "uses want_campus_pools and want_ospool)",
-                                "My.WantFlocking", render=_classad_bool),
-    "input_files": OptionSpec(_files, [], "files or URLs sent to every job's folder"),
-    "output_destination": OptionSpec(_destination, None,
-                                     "where files written under output_dir() go: an "
-                                     "absolute folder, or a URL such as osdf:///... "
-                                     "(default: the map's folder)"),
-    "environment": OptionSpec(check_environment, "auto",
-                              "how jobs get Python and packages: 'auto', 'pack', 'shared', or "
-                              "the path or URL of an archive from `htcml env pack`"),
-    "pack_include": OptionSpec(check_names, [],
-                               "distributions (or site-packages folders) a packed "
-                               "environment keeps although only the notebook seems to use "
-                               "them, e.g. ['ipython'] or ['torch/include']"),
-    "pack_exclude": OptionSpec(check_names, [],
-                               "distributions a packed environment leaves out as well"),
-    "python": OptionSpec(_text, None,
-                         "interpreter on the execute node (default: this one's path, or "
-                         "python3 in a container)"),
-    "chirp": OptionSpec(_flag, True,
-                        "let jobs talk to the submit host through chirp (+WantIOProxy): "
-                        "report(), checkpoint notes, torchrun's relay; False turns it off, "
-                        "so a job cannot read or write your files there"),
-    "submit_extra": OptionSpec(_extra, {}, "other submit commands, passed through as given"),
+    "request_cpus": _Spec(check_positive, 1, "CPU cores per job", "request_cpus",
+                          always=True, example=4),
+    "request_memory": _Spec(check_size, "1GB", "memory per job, e.g. 512MB, 4GB",
+                            "request_memory", always=True, example="4GB"),
+    "request_disk": _Spec(check_size, "1GB", "scratch disk per job", "request_disk",
+                          always=True, example="10GB"),
+    "request_gpus": _Spec(check_count, 0, "GPUs per job", "request_gpus", example=1),
+    "gpus_minimum_memory": _Spec(check_gpu_memory, None,
+                                 "least GPU memory in MB, e.g. 20000 (as CHTC and the OSPool "
+                                 "write it)", "gpus_minimum_memory", needs="request_gpus",
+                                 example="20000"),
+    "gpus_minimum_capability": _Spec(check_capability, None, "least CUDA capability, e.g. 7.5",
+                                     "gpus_minimum_capability", needs="request_gpus",
+                                     example=7.5),
+    "requirements": _Spec(check_expression, None, "a ClassAd expression the machine must "
+                          "satisfy", "requirements", example='OpSysAndVer == "AlmaLinux9"'),
+    "container_image": _Spec(check_text, None, "container image the job runs in",
+                             "container_image", example="docker://python:3.11-slim"),
+    "max_retries": _Spec(check_count, 0, "reruns of a job that crashes (not Python errors)",
+                         "max_retries", example=2),
+    "max_idle": _Spec(check_positive, None, "how many jobs of the map may wait in the queue "
+                      f"(late materialization; {LATE_MATERIALIZATION} when the map has more "
+                      f"jobs and neither this nor max_materialize is set)", "max_idle",
+                      example=100),
+    "max_materialize": _Spec(check_positive, None, "how many jobs of the map may be in the "
+                             "queue at once (late materialization)", "max_materialize",
+                             example=500),
+    "priority": _Spec(check_integer, 0, "job priority within your own jobs", "priority",
+                      example=5),
+    "accounting_group": _Spec(check_text, None, "accounting group to charge",
+                              "accounting_group", example="group_ml.alice"),
+    "project_name": _Spec(check_text, None, "OSPool project to charge (+ProjectName)",
+                          "My.ProjectName", render=_classad_string, example="UW_ML"),
+    "want_gpu_lab": _Spec(check_flag, False, "run on CHTC's GPU Lab (+WantGPULab)",
+                          "My.WantGPULab", render=_classad_bool, example=True),
+    "gpu_job_length": _Spec(check_job_length, None, "CHTC GPU Lab job length: short, medium "
+                            "or long (+GPUJobLength; implies want_gpu_lab)", "My.GPUJobLength",
+                            render=_classad_string, example="long"),
+    "want_campus_pools": _Spec(check_flag, False, "CHTC: let jobs run on other campus pools "
+                               "(want_campus_pools)", "want_campus_pools",
+                               render=_classad_bool, example=True),
+    "want_ospool": _Spec(check_flag, False, "CHTC: let jobs run on the OSPool (want_ospool)",
+                         "want_ospool", render=_classad_bool, example=True),
+    "job_duration_category": _Spec(check_duration, None, "OSPool: 'Medium' or 'Long' "
+                                   "(+JobDurationCategory; the OSPool assumes Medium)",
+                                   "My.JobDurationCategory", render=_classad_string,
+                                   example="Long"),
+    "is_resumable": _Spec(check_flag, False, "CHTC: the jobs checkpoint, so more GPUs may run "
+                          "them (+is_resumable)", "My.is_resumable", render=_classad_bool,
+                          example=True),
+    "want_flocking": _Spec(check_flag, False, "let jobs flock to other pools (+WantFlocking; "
+                           "CHTC now uses want_campus_pools and want_ospool)",
+                           "My.WantFlocking", render=_classad_bool, example=True),
+    "input_files": _Spec(check_files, [], "files or URLs sent to every job's folder",
+                         example=["https://example.org/weights.pt"], syntax="expr"),
+    "output_destination": _Spec(check_destination, None, "where files written under "
+                                "output_dir() go: an absolute folder, or a URL such as "
+                                "osdf:///... (default: the map's folder)",
+                                example="osdf:///ospool/ap40/data/alice/out"),
+    "environment": _Spec(check_environment, "auto", "how jobs get Python and packages: "
+                         "'auto', 'pack', 'shared', or the path or URL of an archive from "
+                         "`htcml env pack`", example="pack"),
+    "pack_include": _Spec(check_names, [], "distributions (or site-packages folders) a packed "
+                          "environment keeps although only the notebook seems to use them, "
+                          "e.g. ['ipython'] or ['torch/include']",
+                          example=["ipython", "torch/include"]),
+    "pack_exclude": _Spec(check_names, [], "distributions a packed environment leaves out "
+                          "as well", example=["matplotlib"]),
+    "python": _Spec(check_text, None, "interpreter on the execute node (default: this one's "
+                    "path, or python3 in a container)", example="/usr/bin/python3"),
+    "chirp": _Spec(check_flag, True, "let jobs talk to the submit host through chirp "
+                   "(+WantIOProxy): report(), checkpoint notes, torchrun's relay; False turns "
+                   "it off, so a job cannot read or write your files there", example=False),
+    "submit_extra": _Spec(check_extra, {}, "other submit commands, passed through as given",
+                          example={"My.Lab": '"ml"'}),
 }
 
 

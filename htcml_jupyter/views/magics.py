@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import html
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..engine.errors import HTCMLError
 from ..engine.options import OptionError, default_of
 from ..engine.payload import PickleError
 from .cell_parsing import resolve_expression, top_level_functions
+from .magic_options import given_options, option_arguments
 
 
 def _has_widget_frontend(shell: Any) -> bool:
@@ -92,27 +93,8 @@ class HTCMagics(Magics):
                    "call after the item (may be defined in the cell)")
     @argument("--batch-size", type=int, metavar="N",
               help="call the function with lists of up to N items")
-    @argument("--output-destination", metavar="DEST",
-              help="folder or URL for the files written under htc.output_dir()")
     @argument("--fn", metavar="NAME",
               help="the function to map (default: the cell's only top-level def)")
-    @argument("--cpus", type=int, help="CPU cores per job")
-    @argument("--memory", help="memory per job, e.g. 4GB")
-    @argument("--disk", help="scratch disk per job, e.g. 10GB")
-    @argument("--gpus", type=int, help="GPUs per job")
-    @argument("--gpu-memory", help="least GPU memory, e.g. 16GB")
-    @argument("--gpu-capability", type=float, help="least CUDA capability, e.g. 7.5")
-    @argument("--image", help="container image to run the jobs in")
-    @argument("--files", metavar="EXPR",
-              help="list of paths or URLs sent to every job's working folder")
-    @argument("--retries", type=int, help="reruns of a job that crashes")
-    @argument("--max-idle", type=int, help="how many jobs may wait in the queue at once")
-    @argument("--no-chirp", action="store_true",
-              help="no chirp for the jobs: no live reports, and no access to your files "
-                   "on the submit host (chirp=False)")
-    @argument("--environment", metavar="HOW",
-              help="how jobs get Python and packages: auto, pack, shared, or the path or "
-                   "URL of an archive from `htcml env pack`")
     @argument("--chunksize", help="items per job: a number or 'auto'")
     @argument("--name", help="the map's name (default: function name plus a tag)")
     @argument("--pool", help="'project', 'local' or an HTCondor configuration file")
@@ -120,6 +102,7 @@ class HTCMagics(Magics):
               help="bind the map handle to VAR at once (with --wait: the results)")
     @argument("--wait", action="store_true", help="block until done and bind the results")
     @argument("--no-panel", action="store_true", help="do not show the progress panel")
+    @option_arguments()
     @cell_magic
     def htc_map(self, line: str, cell: str) -> None:
         """Run the cell, then map its function over inputs as HTCondor jobs.
@@ -190,22 +173,14 @@ class HTCMagics(Magics):
             raise UsageError(f"--fn {name}: no function of that name exists after the cell ran")
         return function
 
-    def _options(self, args: Any) -> dict[str, Any]:
+    def _options(self, args: Any, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """The job options: the magics' configured defaults, then those on the line
+        (``names``: the options the magic has; all of them by default)."""
         options: dict[str, Any] = {
-            "request_cpus": args.cpus if args.cpus is not None else self.request_cpus,
-            "request_memory": args.memory or self.request_memory,
-            "environment": args.environment or self.environment,
-            "request_disk": args.disk or self.request_disk,
+            "request_cpus": self.request_cpus, "request_memory": self.request_memory,
+            "request_disk": self.request_disk, "environment": self.environment,
         }
-        flags = {"request_gpus": args.gpus, "gpus_minimum_memory": args.gpu_memory,
-                 "gpus_minimum_capability": args.gpu_capability,
-                 "container_image": args.image, "max_retries": args.retries,
-                 "max_idle": args.max_idle,
-                 "output_destination": getattr(args, "output_destination", None),
-                 "input_files": resolve_expression(args.files, self._ns) if args.files else None}
-        options.update({k: v for k, v in flags.items() if v is not None})
-        if getattr(args, "no_chirp", False):
-            options["chirp"] = False
+        options.update(given_options(args, self._ns, names))
         return options
 
     def _map(self, function: Callable[..., Any], inputs: Any, kwargs: Any, args: Any) -> Any:

@@ -22,7 +22,14 @@ from ..engine.errors import HTCMLError
 from ..engine.options import OptionError
 from ..engine.payload import PickleError
 from .cell_parsing import resolve_expression
+from .magic_options import option_arguments
 from .magics import HTCMagics, _has_widget_frontend
+
+#: The job options ``%%htc_torchrun`` has as flags (``--requirements`` is its own: a
+#: notebook variable holding the expression).
+RUN_OPTIONS = ("request_cpus", "request_memory", "request_disk", "request_gpus",
+               "gpus_minimum_memory", "gpus_minimum_capability", "container_image",
+               "input_files", "environment")
 
 
 @magics_class
@@ -36,20 +43,9 @@ class TorchrunMagics(HTCMagics):
     @argument("--kwargs", metavar="EXPR", help="dict of keyword arguments of every call")
     @argument("--fn", metavar="NAME",
               help="the function to run (default: the cell's only top-level def)")
-    @argument("--cpus", type=int, help="CPU cores per node")
-    @argument("--memory", help="memory per node, e.g. 8GB")
-    @argument("--disk", help="scratch disk per node, e.g. 10GB")
-    @argument("--gpus", type=int, help="GPUs per node")
-    @argument("--gpu-memory", help="least GPU memory on every node, e.g. 16GB")
-    @argument("--gpu-capability", type=float, help="least CUDA capability, e.g. 8.0")
     @argument("--requirements", metavar="EXPR",
               help="a ClassAd expression every node's machine must satisfy (a string "
                    "variable)")
-    @argument("--image", help="container image to run the nodes in")
-    @argument("--files", metavar="EXPR",
-              help="list of paths or URLs sent to every node's working folder")
-    @argument("--environment", metavar="HOW",
-              help="how nodes get Python and packages: auto, pack, shared, or an archive")
     @argument("--join-timeout", type=float,
               help="seconds nodes wait for each other (default 600)")
     @argument("--name", help="the run's name (default: function name plus a tag)")
@@ -59,6 +55,7 @@ class TorchrunMagics(HTCMagics):
     @argument("--wait", action="store_true",
               help="block until done and bind the per-rank results")
     @argument("--no-panel", action="store_true", help="do not show the live panel")
+    @option_arguments(RUN_OPTIONS, title="node options (htc.torchrun keyword options)")
     @cell_magic
     def htc_torchrun(self, line: str, cell: str) -> None:
         """Run the cell, then run its function on every process of a multi-node torchrun.
@@ -84,8 +81,7 @@ class TorchrunMagics(HTCMagics):
         if requirements is not None and not isinstance(requirements, str):
             raise UsageError("--requirements must name a string (a ClassAd expression)")
         function = self._run_cell_for_function(cell, args.fn)
-        args.retries = args.max_idle = None  # the flags of %%htc_map that a run has not
-        options = self._options(args)
+        options = self._options(args, RUN_OPTIONS)
         if requirements is not None:
             options["requirements"] = requirements
         if args.join_timeout is not None:
