@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def auto_chunksize(n_items: int, slots: int) -> int:
@@ -35,3 +35,25 @@ def items_per_job(chunksize: int | str, n_items: int, batch_size: int | None,
     if batch_size:
         size = math.ceil(size / batch_size) * batch_size  # whole batches per job
     return size
+
+
+def call_key(items: Sequence[int], item: int, calls: Sequence[int] | None,
+             batch_size: int | None) -> int:
+    """The first item of the call of the function that handled ``item``.
+
+    ``items`` are the items of ``item``'s job in order; ``calls`` the first item of each
+    of its calls, as the job recorded them in its outcome header (``None`` when it
+    recorded none: an unbatched map, or a job that has not written its outcome yet).
+    The job's record decides; without one the batches are those the job will make,
+    ``batch_size`` items at a time in the job's order.
+    """
+    if calls:
+        starts = set(calls)
+        position = items.index(item)
+        for back in range(position, -1, -1):
+            if items[back] in starts:
+                return items[back]
+    if not batch_size:
+        return item
+    position = items.index(item)
+    return items[position - position % int(batch_size)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .chunking import call_key
 from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
 from .folder_files import inside
 from .outcomes import OutcomeReader
@@ -240,9 +241,10 @@ class MapResults:
         batch = self.meta.get("batch_size")
         if not batch:
             return item
-        items = self._status_of(item).items
-        position = items.index(item)
-        return items[position - position % int(batch)]
+        with self._lock:
+            status = self._status_of(item)
+            calls = self._outcomes.header(status.task).get("calls")  # as the job made them
+        return call_key(status.items, item, calls, batch)
 
     def output_files(self, item: int) -> list[Path | str]:
         """The files that the call handling ``item`` wrote under ``output_dir()``: local

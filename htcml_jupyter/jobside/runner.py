@@ -17,7 +17,9 @@ checkpoint exit, or an eviction that brought the file back) keeps the records an
 run wrote and runs only the other items.  Each record is a dict:
 ``{"index", "ok", "value" | "error", "started", "seconds"}``, plus ``"call"`` and
 ``"files"`` when the call wrote files under ``output_dir()``; the header lists the
-set-up's runs (``"setup_runs"``) and the items that have a value.  The outcome file is
+set-up's runs (``"setup_runs"``), the items that have a value and, with a
+``batch_size``, the batch size and each call's first item (``"calls"``, in the job's
+order: an item belongs to the last call that starts at or before it).  The outcome file is
 data (JSON, format in :mod:`wire`): only each value, pickled on its own, and each pickled
 exception are pickle, so reading which items succeeded never unpickles anything, and one
 result that cannot be unpickled on the submit side does not hide the others.  An error
@@ -200,6 +202,11 @@ def run(function_file: str, input_file: str, outcome_file: str,
 
     failed = any(not r.get("ok") for r in finished.values())
     pending = [(i, a) for i, a in items if i not in finished]
+    planned = calls.calls_of(pending, payload.batch_size)
+    if payload.batch_size:  # which items went together: read back, never recomputed
+        out_header["batch_size"] = payload.batch_size
+        out_header["calls"] = [*(k for k in earlier_header.get("calls", ()) if k in finished),
+                               *(call[0][0] for call in planned)]
     setup = None
     if pending and payload.setup is not None:
         started = time.time()
@@ -218,7 +225,7 @@ def run(function_file: str, input_file: str, outcome_file: str,
             return wire.EXIT_ITEM_FAILED
         setup_runs.append({"started": started, "seconds": setup.seconds,
                            "host": out_header["host"]})
-    for call in calls.calls_of(pending, payload.batch_size):
+    for call in planned:
         key = call[0][0]
         marker = wire.ITEM_MARKER.format(index=key)
         print(marker, flush=True)
