@@ -162,3 +162,23 @@ def test_a_bad_option_submits_nothing(shell: InteractiveShell, tmp_path: Path) -
         shell.run_cell_magic("htc_map", "--over xs --pool local --environment nonsense "
                                         "--name bad-env --no-panel", CELL)
     assert not (tmp_path / "maps" / "bad-env").exists()
+
+
+def test_torchrun_magic_takes_its_node_options_the_same_way(
+        shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    import htcml_jupyter.multinode as multinode
+    from htcml_jupyter.views.torchrun_magic import RUN_OPTIONS
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        raise _Reached(kwargs)
+
+    monkeypatch.setattr(multinode, "torchrun", record)
+    with pytest.raises(_Reached) as reached:
+        shell.run_cell_magic("htc_torchrun", "--nodes 2 --cpus 2 --request-gpus 1 "
+                                             "--image img:1 --no-panel", CELL)
+    kwargs = reached.value.kwargs
+    assert (kwargs["request_cpus"], kwargs["request_gpus"], kwargs["container_image"]) == (
+        2, 1, "img:1")
+    assert {k for k in kwargs if k in OPTIONS} <= set(RUN_OPTIONS)
+    with pytest.raises(UsageError, match="unrecognized"):
+        shell.run_cell_magic("htc_torchrun", "--nodes 2 --max-retries 2 --no-panel", CELL)
