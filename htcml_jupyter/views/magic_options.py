@@ -83,7 +83,10 @@ def _shown(value: Any, syntax: str) -> str:
     """A value as it is written on the line."""
     if syntax == "names":
         return ",".join(map(str, value))
-    return repr(value) if syntax == "expr" else str(value)
+    if syntax == "expr":
+        return repr(value)
+    text = str(value)
+    return f"'{text}'" if syntax == "text" and " " in text else text  # one argument
 
 
 def _help(name: str, spec: OptionSpec) -> str:
