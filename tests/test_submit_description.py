@@ -20,14 +20,12 @@ from htcml_jupyter.backends.submit_description import submit_description
 from htcml_jupyter.engine.options import RESERVED_COMMANDS, OptionError, SubmitOptions
 from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.jobside import wire
+from htcml_jupyter.jobside.archive import ARCHIVE_NAME
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("HTCML_UPDATE_GOLDEN") == "1"
 MAP_NAME = "golden-map"
 BATCH = "golden-batch"
-#: Stand-ins for the job-side files, so the goldens do not depend on where things live.
-JOB_FILES = ["/opt/htcml/jobside/runner.py", "/opt/htcml/jobside/job.py",
-             "/opt/htcml/jobside/wire.py", "/opt/htcml/htchirp/htchirp.py"]
 
 CASES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -73,8 +71,7 @@ def test_submit_description_matches_golden(case: str, tmp_path: Path) -> None:
     else:
         kwargs = given
     options = SubmitOptions.from_kwargs(kwargs)
-    commands = submit_description(store, options, batch_name=BATCH, launch=None,
-                                  job_files=list(JOB_FILES))
+    commands = submit_description(store, options, batch_name=BATCH, launch=None)
     assert all(isinstance(v, str) for v in commands.values()), commands
     got = {"options": given,
            "commands": {k: _normalized(v, store, root) for k, v in commands.items()}}
@@ -98,8 +95,7 @@ def test_submit_description_matches_golden(case: str, tmp_path: Path) -> None:
 
 def test_every_map_submits_checkpointing_and_its_own_tracking(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    commands = submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH,
-                                  job_files=list(JOB_FILES))
+    commands = submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH)
     # htcml_jupyter.checkpoint exits with this code to have HTCondor spool this folder
     assert commands["checkpoint_exit_code"] == str(wire.EXIT_CHECKPOINT) == "85"
     assert commands["transfer_checkpoint_files"] == wire.CHECKPOINT_DIR
@@ -118,7 +114,7 @@ def test_submit_extra_cannot_set_a_reserved_command(command: str, tmp_path: Path
         with pytest.raises(OptionError, match="submit_extra"):
             submit_description(_store(tmp_path / spelling.lstrip("+").replace(".", "-")),
                                SubmitOptions(submit_extra={spelling: "x"}),
-                               batch_name=BATCH, job_files=list(JOB_FILES))
+                               batch_name=BATCH)
 
 
 @pytest.mark.parametrize("folder", ["maps$(HOME)", "new\nline", 'double"quote', "com,ma",
@@ -127,14 +123,28 @@ def test_map_folder_that_breaks_the_description_is_refused(folder: str,
                                                           tmp_path: Path) -> None:
     store = _store(tmp_path / folder)
     with pytest.raises(OptionError, match="cannot be used in a submit description"):
-        submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH,
-                           job_files=list(JOB_FILES))
+        submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH)
 
 
 def test_input_file_that_breaks_the_description_is_refused(tmp_path: Path) -> None:
     odd = tmp_path / "in$(Process).csv"
     odd.write_text("x\n")
-    options = SubmitOptions.from_kwargs({"input_files": [str(odd)]})
+    with pytest.raises(OptionError, match=r"input_files: .*'\$\('"):  # when the map is made
+        SubmitOptions.from_kwargs({"input_files": [str(odd)]})
+    options = SubmitOptions(input_files=(str(odd),))  # made by hand: refused here
     with pytest.raises(OptionError, match="cannot be used in a submit description"):
-        submit_description(_store(tmp_path / "maps"), options, batch_name=BATCH,
-                           job_files=list(JOB_FILES))
+        submit_description(_store(tmp_path / "maps"), options, batch_name=BATCH)
+
+
+def test_a_job_receives_one_job_side_file_and_makes_what_comes_back(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    commands = submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH)
+    sent = [p.strip() for p in commands["transfer_input_files"].split(",")]
+    # the job side as one archive, the function, the job's items: nothing else
+    assert sent == [str(store.job_side_archive), str(store.function_file),
+                    "inputs/task-$(task).pkl$(files)"]
+    assert commands["arguments"] == f"{ARCHIVE_NAME} function.pkl task-$(task).pkl outcome.pkl"
+    # what comes back is made by the job itself, not sent empty
+    assert commands["transfer_output_files"] == (f"outcome.pkl, {wire.CHECKPOINT_DIR}, "
+                                                 f"{wire.OUTPUTS_DIR}")
+    assert not any("seed" in p for p in sent)
