@@ -97,13 +97,6 @@ ALLOWED: tuple[Allowed, ...] = (
     Allowed("multinode.run", "TorchrunRun.panel", "views.torchrun_panel",
             "TorchrunRun.panel() builds its panel on request"),
     # Being removed: the backend protocol becomes the only seam to a pool.
-    Allowed("environment.choice", "pool_domains", "backends.bindings",
-            "asks the schedd's filesystem domain with the pool's configuration",
-            being_removed=True),
-    Allowed("environment.choice", "schedd_version", "backends.bindings",
-            "asks the schedd's version with the pool's configuration", being_removed=True),
-    Allowed("environment.choice", "_schedd_domain", "backends.bindings",
-            "retries a call to a restarted schedd", being_removed=True),
     Allowed("multinode.run", "TorchrunRun.queued_jobs", "backends.bindings",
             "queries the schedd with the pool's configuration", being_removed=True),
     Allowed("workflows.watcher_job", "", "backends.bindings",

@@ -337,11 +337,13 @@ def test_launches_ship_cloudpickle_and_the_archive(tmp_path: Path) -> None:
 
 
 class _Backend:
-    config = None
     description = "a test pool"
 
-    def check_reachable(self) -> str:
-        return "schedd"
+    def __init__(self, domains: Any) -> None:
+        self.filesystem_domains = domains
+
+    def schedd_version(self) -> str:
+        return "$CondorVersion: 23.9.6 2026-07-12 $"
 
 
 def test_job_launch_decides_once_per_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -351,14 +353,13 @@ def test_job_launch_decides_once_per_map(tmp_path: Path, monkeypatch: pytest.Mon
     caplog.set_level(logging.INFO, logger="htcml_jupyter")
     asked: list[int] = []
 
-    def domains(config: str | None) -> tuple[str, list[str]]:
+    def domains() -> tuple[str, list[str]]:
         asked.append(1)
         return "submit.htcml", ["exec.htcml"]
 
-    monkeypatch.setattr(environment, "pool_domains", domains)
     monkeypatch.setattr(environment, "pack_environment", lambda *_, **__: packed)
     store = MapStore.create(tmp_path, "m", {"name": "m"})
-    backend: Any = _Backend()
+    backend = _Backend(domains)
     first = environment.job_launch(store, SubmitOptions(), backend)
     again = environment.job_launch(store, SubmitOptions(), backend)
     assert first == again and asked == [1]

@@ -172,7 +172,7 @@ os.mkdir(os.path.join(folder, "tokens.d"), 0o700)
 for name in sys.argv[3:]:
     os.symlink(file, os.path.join(folder, "tokens.d", name))
 """, str(store.path), str(file), *_token_names(pool))
-    copied = hand_over_tokens(store, pool)
+    copied = hand_over_tokens(store, _token_directory(pool))
     assert copied == str(store.path / "tokens.d")
     names = _token_names(pool)
     assert names and sorted(os.listdir(copied)) == names
@@ -186,7 +186,7 @@ for name in sys.argv[3:]:
     as_job_user("import os, sys; os.symlink(sys.argv[2], os.path.join(sys.argv[1], "
                 "'tokens.d'))", str(store.path), str(folder))
     with pytest.raises(UnsafeEntry, match=r"tokens\.d is a link"):
-        hand_over_tokens(store, pool)
+        hand_over_tokens(store, _token_directory(pool))
     _untouched(file, folder)
 
 

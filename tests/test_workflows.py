@@ -363,3 +363,34 @@ def test_a_chain_under_a_folder_with_spaces_and_quotes(pool_env: str, map_root: 
     assert (root / wf.name).stat().st_mode & 0o777 == 0o700
     dag = (root / wf.name / "workflow.dag").read_text()
     assert " -P -m htcml_jupyter.workflows.node post . 1" in dag and str(root) not in dag
+
+
+def _read_with_key(path: Path, key: Path) -> str:
+    return f"{path.name}:{path.read_text()}:{key.read_text()}"
+
+
+def _lengths(texts: list[str]) -> list[int]:
+    return [len(t) for t in texts]
+
+
+@pytest.mark.pool
+def test_a_stage_sends_its_file_items_and_file_kwargs(pool_env: str, map_root: Path,
+                                                      shared_tmp: Path) -> None:
+    """A stage's ``htc.File`` items and ``File`` keyword arguments travel with its jobs,
+    as a map's do: each job reads them from its own folder."""
+    docs = [shared_tmp / f"doc{i}.txt" for i in range(2)]
+    for i, doc in enumerate(docs):
+        doc.write_text(f"text {i}")
+    key = shared_tmp / "key.txt"
+    key.write_text("K")
+    wf = htc.chain(htc.stage(_read_with_key, [htc.File(d) for d in docs],
+                             kwargs={"key": htc.File(key)}),
+                   htc.stage(_lengths, over="all"), root=map_root, pool=pool_env)
+    assert wf.wait(timeout=180) == "succeeded", wf.finished_stages()
+    first = htc.attach(wf.stage_names[0], root=map_root)
+    assert first.results() == ["doc0.txt:text 0:K", "doc1.txt:text 1:K"]
+    assert wf.result() == [len("doc0.txt:text 0:K"), len("doc1.txt:text 1:K")]
+    # the files went by HTCondor, not inside the pickled inputs
+    store = MapStore.open(map_root, wf.stage_names[0])
+    assert store.task_files() == {0: [str(key), str(docs[0])], 1: [str(key), str(docs[1])]}
+    assert b"text 0" not in store.input_file(0).read_bytes()

@@ -20,6 +20,7 @@ from ..engine.options import SubmitOptions, size_in_mb
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
 from ..environment.launch import JobLaunch
+from . import condor_pool
 from .bindings import call_with_pool, daemon_restarted, pool_config
 from .condor_events import USAGE_PROJECTION, CondorEventReader, explain_hold, usage_from_ad
 from .resources import PoolResources, collector_resources
@@ -35,6 +36,8 @@ class CondorBackend:
     """
 
     kind = "condor"
+    #: A sweep's watcher runs beside its trials as a local-universe job.
+    can_run_watcher = True
 
     def __init__(self, config: str | None = None, *, description: str = "",
                  job_uid: int | None = None, shared_paths: list[str] | None = None):
@@ -148,13 +151,22 @@ class CondorBackend:
         """Job attributes this backend adds to every job it submits (none here)."""
         return {}
 
+    def job_description(self, store: MapStore, options: SubmitOptions, batch_name: str, *,
+                        token: str | None = None, jobs: int = 1) -> dict[str, str]:
+        """The submit commands of ``jobs`` jobs of the map (``$(task)`` and ``$(files)``
+        from the itemdata): :meth:`launch` and this backend's :meth:`job_attributes`
+        applied; a map's submission and a chain's DAG node both queue these."""
+        commands = submit_description(store, options, batch_name=batch_name,
+                                      launch=self.launch(store, options), token=token,
+                                      jobs=jobs)
+        commands.update(self.job_attributes())
+        return commands
+
     def submit(self, store: MapStore, tasks: list[int], options: SubmitOptions,
                batch_name: str) -> int:
-        launch = self.launch(store, options)
         token = secrets.token_hex(8)
-        commands = submit_description(store, options, batch_name=batch_name, launch=launch,
-                                      token=token, jobs=len(tasks))
-        commands.update(self.job_attributes())
+        commands = self.job_description(store, options, batch_name, token=token,
+                                        jobs=len(tasks))
         files = store.task_files()
         itemdata = [{"task": str(t), "files": "".join(f", {f}" for f in files.get(t, ()))}
                     for t in tasks]
@@ -179,6 +191,39 @@ class CondorBackend:
                              f"failed ({type(exc).__name__}: {exc}); its jobs were removed "
                              f"again. Free space in the map folder and submit again") from exc
         return cluster
+
+    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
+        """Queue one job (a sweep's watcher) from ``commands``; returns its cluster id."""
+        return self._with_schedd(lambda h, schedd: int(schedd.submit(
+            h.Submit(commands)).cluster()), f"submitting the watcher of {store.name}")
+
+    def submit_dag(self, dag_file: Path) -> int:
+        """Queue DAGMan for ``dag_file`` (a chain's workflow); returns its cluster id."""
+        return self._with_schedd(lambda h, schedd: condor_pool.submit_dag(h, schedd, dag_file),
+                                 f"submitting the workflow {dag_file.parent.name}")
+
+    def remove_dag(self, cluster: int, reason: str) -> None:
+        """Remove the DAGMan job ``cluster``, and with it every job it queued."""
+        self._act("Remove", f"ClusterId == {cluster}", reason)
+
+    def token_directory(self) -> str | None:
+        """The folder of IDTOKENS this pool's configuration names (None when none)."""
+        value = call_with_pool(self.config, lambda h: h.param.get("SEC_TOKEN_DIRECTORY"))
+        return str(value) if value else None
+
+    def filesystem_domains(self) -> tuple[str | None, list[str]]:
+        """The submit side's filesystem domain (None when unknown) and each execute
+        machine's; :class:`PoolUnavailable` when the pool cannot be asked."""
+        try:
+            return call_with_pool(self.config, condor_pool.pool_domains)
+        except Exception as exc:
+            self.check_reachable()  # a pool that is down says so in the usual words
+            raise PoolUnavailable(f"cannot ask the collector of {self.description} which "
+                                  f"filesystem domains its machines have: {exc}") from exc
+
+    def schedd_version(self) -> str:
+        """The schedd's ``CondorVersion`` (``"$CondorVersion: 23.9.6 ..."``)."""
+        return call_with_pool(self.config, condor_pool.schedd_version)
 
     def event_reader(self, store: MapStore) -> CondorEventReader:
         return CondorEventReader(store)

@@ -84,6 +84,7 @@ class LocalBackend:
     """Runs a map's jobs as local subprocesses, ``workers`` at a time."""
 
     kind = "local"
+    can_run_watcher = False
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or os.cpu_count() or 1
@@ -128,6 +129,13 @@ class LocalBackend:
         store.add_submission(-submission, tasks)
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends
         return -submission
+
+    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
+        raise HTCMLError("a sweep's watcher job needs an HTCondor pool; local processes "
+                         "end with this one (watcher='kernel' watches from here)")
+
+    def token_directory(self) -> str | None:
+        return None
 
     def event_reader(self, store: MapStore) -> LocalEventReader:
         return LocalEventReader(store)

@@ -36,6 +36,9 @@ class Backend(Protocol):
     kind: str
     #: Words for people: "the project's pool", "local processes (2 at a time)".
     description: str
+    #: Whether a sweep's watcher can run beside its trials, where they run, after this
+    #: process ends (:meth:`submit_watcher`).
+    can_run_watcher: bool
 
     def describe(self) -> dict[str, Any]:
         """JSON-able record from which :func:`~.pools.backend_from_meta` rebuilds it."""
@@ -64,6 +67,16 @@ class Backend(Protocol):
                batch_name: str) -> int:
         """Queue one job per task and record the submission in ``store``; return its
         cluster id (local submissions use negative ids)."""
+        ...
+
+    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
+        """Queue the watcher job of the sweep in ``store`` (its submit ``commands``);
+        returns its cluster id.  Only where :attr:`can_run_watcher`."""
+        ...
+
+    def token_directory(self) -> str | None:
+        """The folder of IDTOKENS this process presents to the pool, which a watcher run
+        as the pool's job user needs too (None when there is none)."""
         ...
 
     def event_reader(self, store: MapStore) -> EventReader:

@@ -35,6 +35,30 @@ def _length(iterable: Iterable[Any]) -> int | None:
         return None
 
 
+def write_map_folder(root: Path, name: str, meta: dict[str, Any],
+                     function: Callable[..., Any], kwargs: dict[str, Any], *,
+                     setup: Callable[[], Any] | None = None,
+                     batch_size: int | None = None) -> MapStore:
+    """Create the folder of a new map (``map.json`` from ``meta``, the pickled function)
+    and return its store; the jobs' input files follow through
+    :func:`~.submission.write_task_stream`.
+
+    The function is pickled before anything exists, so a function that cannot be
+    pickled leaves nothing behind.  Maps, sweeps, torchrun runs and chain stages all
+    start their folder here.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "function.pkl"
+        dump_function(function, kwargs, probe, setup=setup, batch_size=batch_size)
+        store = MapStore.create(root, name, meta)
+        try:
+            os.replace(probe, store.function_file)
+        except OSError:  # another filesystem: pickle it again in place
+            dump_function(function, kwargs, store.function_file, setup=setup,
+                          batch_size=batch_size)
+    return store
+
+
 def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
                kwargs: dict[str, Any] | None, backend: Backend, root: Path,
                name: str | None, chunksize: Chunksize, options: dict[str, Any],
@@ -86,16 +110,8 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
         "batch_size": batch_size, "setup": getattr(setup, "__name__", None) if setup else None,
         **(extra_meta or {}),
     }
-    # Pickle the function before anything exists, so a bad function leaves nothing behind.
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "function.pkl"
-        dump_function(function, kwargs, probe, setup=setup, batch_size=batch_size)
-        store = MapStore.create(root, name, meta)
-        try:
-            os.replace(probe, store.function_file)
-        except OSError:
-            dump_function(function, kwargs, store.function_file, setup=setup,
-                          batch_size=batch_size)
+    store = write_map_folder(root, name, meta, function, kwargs, setup=setup,
+                             batch_size=batch_size)
     try:
         with submission_lock(store):  # a retry from elsewhere waits for the first jobs
             tasks = write_task_stream(store, enumerate(chain(head, iterator)), size,

@@ -51,10 +51,15 @@ def write_tasks(store: MapStore, arguments: Mapping[int, Any], items: list[int],
 
 
 def write_task_stream(store: MapStore, pairs: Iterator[tuple[int, Any]], size: int,
-                      first_task: int, shared_files: Sequence[str] = ()) -> Tasks:
+                      first_task: int, shared_files: Sequence[str] = (), *,
+                      record: bool = True) -> Tasks:
     """Consume ``(index, argument)`` pairs ``size`` at a time, one job each: only one
     job's items are in memory at once.  Each job's ``File`` inputs (and the
-    ``shared_files`` every job gets) are recorded for HTCondor to transfer."""
+    ``shared_files`` every job gets) are recorded for HTCondor to transfer.
+
+    Every map folder gets its jobs' input files here: a map's, a retry's, a sweep's
+    trials, a chain stage's.  ``record=False`` rewrites the input files of jobs already
+    recorded (a later chain stage, whose inputs are the results of the stage before)."""
     store.make_seed_files()
     tasks: Tasks = []
     files: dict[int, list[str]] = {}
@@ -71,15 +76,24 @@ def write_task_stream(store: MapStore, pairs: Iterator[tuple[int, Any]], size: i
         if sources or shared_files:
             files[task] = [*shared_files, *sources]
         task += 1
-    store.add_tasks(tasks, files)
+    if record:
+        store.add_tasks(tasks, files)
     return tasks
+
+
+def submits_for_job_user(backend: Backend) -> int | None:
+    """The uid of the pool's job user when this process, as root, submits for that user
+    (the project's pool run as root): the folders the jobs, the watcher or DAGMan write
+    in must then be given to it.  None when the jobs run as this process's own user."""
+    uid = backend.job_uid
+    return uid if uid is not None and uid != 0 and os.geteuid() == 0 else None
 
 
 def submit_tasks(store: MapStore, backend: Backend, tasks: Tasks, options: SubmitOptions,
                  batch_name: str) -> int:
     """Queue the written jobs on ``backend``; returns the submission's cluster id."""
-    uid = backend.job_uid
-    if uid is not None and os.geteuid() == 0 and uid != 0:  # root, as the pool's job user
+    uid = submits_for_job_user(backend)
+    if uid is not None:
         store.chown(uid)
     with recording_notes(store.path):  # the environment's notes go to this map
         return backend.submit(store, [t for t, _ in tasks], options, batch_name)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine.costs import ROUTE_COMMON, ROUTE_TRANSFER, ROUTE_URL, warn_if_costly
-from ..engine.errors import HTCMLError, PoolUnavailable
-from .choice import KINDS, Decision, auto_decision, decide, is_url, pool_domains, schedd_version
+from ..engine.errors import HTCMLError
+from .choice import KINDS, Decision, PoolFacts, auto_decision, decide, is_url
 from .launch import (
     JobLaunch,
     archive_name,
@@ -43,14 +43,13 @@ from .packing import (
 )
 
 if TYPE_CHECKING:
-    from ..backends.condor import CondorBackend
     from ..engine.options import SubmitOptions
     from ..engine.store import MapStore
 
-__all__ = ["KINDS", "Decision", "EnvSource", "PackProgress", "PackedEnvironment",
+__all__ = ["KINDS", "Decision", "EnvSource", "PackProgress", "PackedEnvironment", "PoolFacts",
            "archive_name", "auto_decision", "bootstrap_script", "cloudpickle_folder",
            "decide", "default_cache_dir", "export_archive", "job_launch", "launch_for",
-           "pack_environment", "pool_domains", "size_text"]
+           "pack_environment", "size_text"]
 
 
 def size_text(n: float) -> str:
@@ -98,15 +97,6 @@ def _pack_for(store: MapStore, source: EnvSource) -> tuple[PackedEnvironment, st
         return packed, str(linked)
     except OSError:
         return packed, str(packed.path)
-
-
-def _domains(backend: CondorBackend) -> tuple[str | None, list[str]]:
-    try:
-        return pool_domains(backend.config)
-    except Exception as exc:
-        backend.check_reachable()  # a pool that is down says so in the usual words
-        raise PoolUnavailable(f"cannot ask the collector of {backend.description} which "
-                              f"filesystem domains its machines have: {exc}") from exc
 
 
 def _lean_source(store: MapStore, options: SubmitOptions) -> EnvSource:
@@ -157,10 +147,10 @@ def _record(decision: Decision, store: MapStore, options: SubmitOptions,
     return record
 
 
-def _common_files(backend: CondorBackend) -> bool:
+def _common_files(pool: PoolFacts) -> bool:
     """Whether the pool's schedd sends common input files once per execute point."""
     try:
-        return supports_common_files(schedd_version(backend.config))
+        return supports_common_files(pool.schedd_version())
     except Exception:
         return False
 
@@ -196,7 +186,7 @@ def _launch(record: dict[str, Any], options: SubmitOptions) -> JobLaunch:
     return replace(launch, disk_kb=disk) if disk else launch
 
 
-def job_launch(store: MapStore, options: SubmitOptions, backend: CondorBackend) -> JobLaunch:
+def job_launch(store: MapStore, options: SubmitOptions, backend: PoolFacts) -> JobLaunch:
     """How the jobs of ``store``'s map start their runner on ``backend``'s pool.
 
     At the map's first submission the environment is chosen (see :func:`decide`),
@@ -210,7 +200,8 @@ def job_launch(store: MapStore, options: SubmitOptions, backend: CondorBackend) 
     options
         The map's submit options (``environment``, ``python``, ``container_image``).
     backend
-        The pool the jobs go to; asked for filesystem domains for ``"auto"``.
+        The pool the jobs go to (its backend); asked for filesystem domains for
+        ``"auto"`` and for its schedd's version for a packed environment.
 
     Returns
     -------
@@ -220,7 +211,7 @@ def job_launch(store: MapStore, options: SubmitOptions, backend: CondorBackend) 
     meta = store.read_meta()
     record = meta.get("environment")
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
-        decision = decide(options, lambda: _domains(backend))
+        decision = decide(options, backend.filesystem_domains)
         _say(f"environment: {decision.kind} ({decision.reason})")
         common = decision.kind in ("pack", "archive") and _common_files(backend)
         record = _record(decision, store, options, common)

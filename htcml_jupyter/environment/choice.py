@@ -2,10 +2,8 @@
 
 ``"auto"`` follows HTCondor's own rule for a shared filesystem: the execute machines
 share the submit side's files when they advertise the same ``FileSystemDomain``.  The
-schedd's ad in the collector does not carry that attribute, so the submit side's domain
-is read from the schedd's configuration (``FILESYSTEM_DOMAIN`` through
-``htcondor2.RemoteParam``), and from the pool's client configuration when the schedd
-does not answer.
+pool answers through :class:`PoolFacts` (the HTCondor backend asks its collector and
+schedd); nothing here talks to a pool.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from ..engine.option_values import URL_SCHEMES
 from ..engine.options import OptionError, SubmitOptions
@@ -22,6 +20,23 @@ from ..engine.options import OptionError, SubmitOptions
 KINDS = ("shared", "pack", "archive", "container")
 
 Domains = tuple[str | None, list[str]]
+
+
+class PoolFacts(Protocol):
+    """What the environment code asks of the pool a map's jobs go to (an HTCondor
+    backend answers it)."""
+
+    #: Words for people: "the project's pool".
+    description: str
+
+    def filesystem_domains(self) -> Domains:
+        """The submit side's filesystem domain (None when unknown) and each execute
+        machine's; raises :class:`~htcml_jupyter.PoolUnavailable` naming the fix."""
+        ...
+
+    def schedd_version(self) -> str:
+        """The schedd's ``CondorVersion`` (``"$CondorVersion: 23.9.6 ..."``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -106,54 +121,3 @@ def decide(options: SubmitOptions, domains: Callable[[], Domains]) -> Decision:
         raise OptionError(f"environment={value!r}: no such archive ({path}); make one with "
                           f"`htcml env pack --output {value}`")
     return Decision("archive", f"the archive {path}", archive=path)
-
-
-def pool_domains(config: str | None) -> Domains:
-    """The submit side's filesystem domain and the execute machines' ones, from the pool
-    named by the client configuration ``config``."""
-    from ..backends.bindings import call_with_pool
-
-    def ask(htcondor2: Any) -> Domains:
-        collector = htcondor2.Collector()
-        startds = collector.query(htcondor2.AdType.Startd,
-                                  projection=["Machine", "FileSystemDomain"])
-        execute = [str(ad["FileSystemDomain"]) for ad in startds
-                   if ad.get("FileSystemDomain")]
-        submit = _schedd_domain(htcondor2, collector)
-        if not submit:
-            submit = htcondor2.param.get("FILESYSTEM_DOMAIN")
-        return (str(submit) if submit else None), execute
-
-    return call_with_pool(config, ask)
-
-
-def schedd_version(config: str | None) -> str:
-    """The ``CondorVersion`` of the pool's schedd (``"$CondorVersion: 23.9.6 ..."``)."""
-    from ..backends.bindings import call_with_pool
-
-    def ask(htcondor2: Any) -> str:
-        located = htcondor2.Collector().locate(htcondor2.DaemonType.Schedd)
-        return str(located.get("CondorVersion", ""))
-
-    return call_with_pool(config, ask)
-
-
-def _schedd_domain(htcondor2: Any, collector: Any) -> str | None:
-    """``FileSystemDomain`` of the schedd's ad if it has one, else the schedd's own
-    ``FILESYSTEM_DOMAIN`` setting."""
-    try:
-        located = collector.locate(htcondor2.DaemonType.Schedd)
-        ads = collector.query(htcondor2.AdType.Schedd,
-                              constraint=f'Name == "{located["Name"]}"',
-                              projection=["Name", "FileSystemDomain"])
-        for ad in ads:
-            if ad.get("FileSystemDomain"):
-                return str(ad["FileSystemDomain"])
-        value = htcondor2.RemoteParam(located).get("FILESYSTEM_DOMAIN")
-        return str(value) if value else None
-    except Exception as exc:
-        from ..backends.bindings import daemon_restarted
-
-        if daemon_restarted(exc):
-            raise  # asked again with a new connection (call_with_pool)
-        return None

@@ -11,29 +11,32 @@ its ``dagman.config`` (per-workflow DAGMan settings) and ``workflow.json``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backends.bindings import call_with_pool
+from ..backends.condor import CondorBackend
 from ..engine.errors import HTCMLError, WaitTimeout
 from ..engine.folder_files import write_atomic as write_file
 from ..engine.mapping import Map
+from ..engine.options import SubmitOptions
 from ..engine.store import MapStore, check_map_name, new_map_name
+from ..engine.submission import submits_for_job_user
 from ..engine.usage import MapUsage
 from .node import STAGES_FILE, WORKFLOW_FILE, read_workflow, stage_map
 from .stages import Stage, stage_map_name, write_stage_folder
+from .watch import pool_backend
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 #: DAGMan settings of every workflow, written to its own ``dagman.config``: node logs
 #: under /tmp are allowed (map folders often are there), and node job events are read
 #: every second (the default, 5 s, adds seconds to every stage).
 DAGMAN_CONFIG = {"DAGMAN_AVOID_SLASH_TMP": "False", "DAGMAN_USER_LOG_SCAN_INTERVAL": "1"}
 DAG_FILE = "workflow.dag"
-_chdir_lock = threading.Lock()
 
 
 def _node_script(when: str, index: int) -> Any:
@@ -55,32 +58,26 @@ def _node_script(when: str, index: int) -> Any:
                                   str(index)])
 
 
-def _stage_submit(store: MapStore, backend: Any, n_items: int) -> Any:
-    """The stage's node job: a map's submit description, one job per item."""
+def _stage_submit(store: MapStore, backend: CondorBackend, folder: Path, index: int) -> Any:
+    """Stage ``index``'s node job: the map's job description (the backend's launch), one
+    job per item, each with its ``File`` inputs (``$(files)``) from an itemdata file in
+    the workflow's folder (DAGMan submits from there)."""
     import htcondor2
 
-    from ..backends.submit_description import submit_description
-    from ..engine.options import SubmitOptions
-    from ..environment import job_launch
-
     options = SubmitOptions.from_record(store.read_meta()["options"])
-    commands = submit_description(store, options, batch_name=store.name,
-                                  launch=job_launch(store, options, backend))
+    commands = backend.job_description(store, options, store.name,
+                                       jobs=int(store.read_meta()["n_items"]))
+    files = store.task_files()
+    rows = [f"{task} {''.join(f', {f}' for f in files.get(task, ()))}".rstrip() + "\n"
+            for task, _ in store.tasks()]
+    items = f"stage{index}.tasks"
+    write_file(folder, items, "".join(rows).encode())
     submit = htcondor2.Submit(commands)
-    submit.setQArgs("task in (" + " ".join(str(t) for t in range(n_items)) + ")")
+    submit.setQArgs(f"task,files from {items}")
     return submit
 
 
-def dagman_executable(config: str | None) -> str:
-    """Where the schedd finds ``condor_dagman``: on this PATH, or in the pool's BIN."""
-    found = shutil.which("condor_dagman")
-    if found:
-        return found
-    binary = call_with_pool(config, lambda htcondor2: htcondor2.param.get("BIN", "/usr/bin"))
-    return f"{binary}/condor_dagman"
-
-
-def write_dag(folder: Path, stores: list[MapStore], backend: Any) -> Path:
+def write_dag(folder: Path, stores: list[MapStore], backend: CondorBackend) -> Path:
     """Write the DAG of the workflow in ``folder``: one node per stage, in a chain, with
     :mod:`.node` before (later stages) and after each; returns the DAG file."""
     from htcondor2 import dags
@@ -88,36 +85,14 @@ def write_dag(folder: Path, stores: list[MapStore], backend: Any) -> Path:
     dag = dags.DAG(dagman_config=DAGMAN_CONFIG)
     layer = None
     for index, store in enumerate(stores):
-        n_items = int(store.read_meta()["n_items"])
         spec: dict[str, Any] = {
-            "name": f"stage{index}", "submit_description": _stage_submit(store, backend, n_items),
+            "name": f"stage{index}",
+            "submit_description": _stage_submit(store, backend, folder, index),
             "post": _node_script("post", index)}
         if index:
             spec["pre"] = _node_script("pre", index)
         layer = dag.layer(**spec) if layer is None else layer.child_layer(**spec)
     return Path(dags.write_dag(dag, folder, dag_file_name=DAG_FILE))
-
-
-def submit_dag(dag_file: Path, backend: Any) -> int:
-    """Queue DAGMan for ``dag_file``; returns its cluster id."""
-    folder = dag_file.parent
-    dagman = dagman_executable(backend.config)
-
-    def send(h: Any) -> int:
-        with _chdir_lock:  # condor_submit_dag's rules: relative to the DAG's folder
-            here = os.getcwd()
-            os.chdir(folder)
-            try:
-                sub = h.Submit.from_dag(str(dag_file), {"force": True, "dagman": dagman})
-            finally:
-                os.chdir(here)
-        # CONDOR_CONFIG names a file of this process's machine, not the schedd's
-        names = [n for n in str(sub.get("getenv", "")).split(",") if n.strip() != "CONDOR_CONFIG"]
-        sub["getenv"] = ",".join(names)
-        sub["initialdir"] = str(folder)
-        return int(h.Schedd().submit(sub).cluster())
-
-    return call_with_pool(backend.config, send)
 
 
 class Workflow:
@@ -215,15 +190,11 @@ class Workflow:
 
     def cancel(self) -> None:
         """Remove DAGMan and with it every queued job of the workflow."""
-        from ..backends.pools import backend_from_meta
-
-        backend = backend_from_meta(self.record["pool"])
-        cluster = self.record["dagman"]
-        call_with_pool(backend.config, lambda h: h.Schedd().act(  # type: ignore[attr-defined]
-            h.JobAction.Remove, f"ClusterId == {cluster}", reason="cancelled by htcml_jupyter"))
+        pool_backend(self.record["pool"]).remove_dag(int(self.record["dagman"]),
+                                                     "cancelled by htcml_jupyter")
 
 
-def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
+def create_chain(stages: tuple[Stage, ...], *, backend: Backend, root: Path,
                  name: str | None) -> Workflow:
     """Write every stage's map folder and the DAG, queue DAGMan; returns the handle."""
     if not stages or not all(isinstance(s, Stage) for s in stages):
@@ -232,7 +203,7 @@ def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
     counts: list[int] = []
     for step in stages:
         counts.append(step.count(counts[-1] if counts else None))
-    if backend.kind != "condor":
+    if not isinstance(backend, CondorBackend):
         raise HTCMLError("a workflow runs on an HTCondor pool (DAGMan); pass pool=... or "
                          "start the project's pool with `htcml pool up`")
     name = check_map_name(name or new_map_name(stages[-1].name.lstrip("_") or "chain"))
@@ -257,11 +228,11 @@ def create_chain(stages: tuple[Stage, ...], *, backend: Any, root: Path,
                                            workflow={"name": name, "folder": str(folder)}))
         dag_file = write_dag(folder, made, backend)
         write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
-        uid = backend.job_uid
-        if uid is not None and os.geteuid() == 0 and uid != 0:  # DAGMan runs as the job user
+        uid = submits_for_job_user(backend)
+        if uid is not None:  # DAGMan runs as the pool's job user and writes here
             for store in [*made, MapStore(folder)]:
                 store.chown(uid)
-        record["dagman"] = submit_dag(dag_file, backend)
+        record["dagman"] = backend.submit_dag(dag_file)
         # the folder is the job user's now: a link planted there is replaced, not followed
         write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
     except BaseException:  # nothing was queued: leave nothing behind

@@ -10,17 +10,22 @@ stage's folder is an ordinary map folder, so ``htc.attach(name)`` reads its resu
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from ..engine.creation import write_map_folder
 from ..engine.grid import grid_points, unpack
+from ..engine.inputs import shared_files
 from ..engine.options import OptionError, SubmitOptions
-from ..engine.payload import code_locations, dump_function, dump_items
+from ..engine.payload import code_locations
 from ..engine.store import MapStore, check_map_name
+from ..engine.submission import write_task_stream
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 Over = Literal["items", "each", "all"]
 
@@ -102,11 +107,14 @@ def stage_map_name(workflow: str, index: int, step: Stage) -> str:
 
 
 def write_stage_folder(step: Stage, *, root: Path, name: str, n_items: int,
-                       backend: Any, workflow: dict[str, Any]) -> MapStore:
-    """Write the map folder of one stage: the function, one job per item, and (for the
-    first stage) the input files; later stages get theirs from :mod:`.node` when the
-    stage before has finished.  Nothing is queued here."""
+                       backend: Backend, workflow: dict[str, Any]) -> MapStore:
+    """Write the map folder of one stage, as a map's is written: the function, one job
+    per item, and each job's input file with its ``File`` inputs recorded (the first
+    stage's items; a later stage gets its inputs from :mod:`.node` when the stage
+    before has finished).  ``File`` keyword arguments go to every job.  Nothing is
+    queued here."""
     options = SubmitOptions.from_kwargs(step.options)
+    shared = shared_files(step.kwargs)  # a missing file stops here, before any folder
     meta = {
         "name": name, "function": step.name, "created": time.time(), "n_items": n_items,
         "chunksize": 1, "chunk_items": 1, "options": options.asdict(),
@@ -114,20 +122,11 @@ def write_stage_folder(step: Stage, *, root: Path, name: str, n_items: int,
         "code_locations": code_locations(step.function),
         "workflow": workflow,
     }
-    with tempfile.TemporaryDirectory() as tmp:  # a bad function leaves nothing behind
-        probe = Path(tmp) / "function.pkl"
-        dump_function(step.function, step.kwargs, probe)
-        store = MapStore.create(root, name, meta)
-        try:
-            shutil.move(str(probe), store.function_file)
-        except OSError:
-            dump_function(step.function, step.kwargs, store.function_file)
+    store = write_map_folder(root, name, meta, step.function, step.kwargs)
     try:
-        store.make_seed_files()
-        if step.over == "items":
-            for i, item in enumerate(step.items):
-                dump_items([(i, item)], store.input_file(i))
-        store.add_tasks([(i, [i]) for i in range(n_items)])
+        # a later stage's inputs are placeholders until the stage before has finished
+        items = step.items if step.over == "items" else (None,) * n_items
+        write_task_stream(store, enumerate(items), 1, first_task=0, shared_files=shared)
     except BaseException:
         shutil.rmtree(store.path, ignore_errors=True)
         raise
@@ -135,12 +134,13 @@ def write_stage_folder(step: Stage, *, root: Path, name: str, n_items: int,
 
 
 def stage_inputs(over: str, results: list[Any], store: MapStore) -> None:
-    """Write a later stage's input files from the results of the stage before:
-    one item per result (``"each"``), or one item holding them all (``"all"``)."""
+    """Write a later stage's input files (its jobs are recorded already) from the
+    results of the stage before: one item per result (``"each"``), or one item holding
+    them all (``"all"``)."""
     if over == "each":
-        for i, value in enumerate(results):
-            dump_items([(i, value)], store.input_file(i))
+        items: list[Any] = list(results)
     elif over == "all":
-        dump_items([(0, list(results))], store.input_file(0))
+        items = [list(results)]
     else:
         raise OptionError(f"a stage over {over!r} takes no results of the stage before")
+    write_task_stream(store, enumerate(items), 1, first_task=0, record=False)

@@ -11,16 +11,19 @@ kernel's watcher to stand aside while it runs.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backends.bindings import call_with_pool, condor_arguments, condor_environment
+from ..backends.bindings import condor_arguments, condor_environment
 from ..engine import folder_files
 from ..engine.store import MapStore
+from ..engine.submission import submits_for_job_user
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 #: The job attribute that names the map a watcher job watches.
 WATCHER_ATTRIBUTE = "HtcmlWatcherOf"
@@ -107,44 +110,36 @@ def watcher_description(store: MapStore, *, python: str | None = None,
     }
 
 
-def hand_over_tokens(store: MapStore, config: str | None) -> str | None:
+def hand_over_tokens(store: MapStore, source: str | None) -> str | None:
     """When root submits as the pool's job user (with that user's IDTOKENS, as on the
     project's own pool), the watcher runs as that user and needs the same tokens: copy
-    them into ``<map folder>/tokens.d`` (mode 0700, given to the job user with the
-    folder), where only that user and root can read them.  Returns the folder, or None
-    when this process's configuration names no token directory."""
-    def token_directory(htcondor2: Any) -> str | None:
-        value = htcondor2.param.get("SEC_TOKEN_DIRECTORY")
-        return str(value) if value else None
-
-    found = call_with_pool(config, token_directory)
-    if found is None or not Path(found).is_dir():
+    those of ``source`` (the folder this process's configuration names) into
+    ``<map folder>/tokens.d`` (mode 0700, given to the job user with the folder), where
+    only that user and root can read them.  Returns the folder, or None when there is
+    no ``source``."""
+    if source is None or not Path(source).is_dir():
         return None
     folder_files.make_folder(store.path, "tokens.d")  # 0700; a link there is refused
-    for token in Path(found).iterdir():
+    for token in Path(source).iterdir():
         if token.is_file() and not token.name.startswith("."):
             # 0600 from the first byte, renamed into place (a planted link is replaced)
             store.write_file(f"tokens.d/{token.name}", token.read_bytes(), mode=0o600)
     return str(store.path / "tokens.d")
 
 
-def submit_watcher(store: MapStore, backend: Any) -> str | None:
-    """Queue the watcher of ``store``'s sweep on ``backend`` (a ``CondorBackend``) and
-    record its job id; returns it, or None (with a warning) when the pool refused it,
-    in which case the kernel's watcher alone applies the policy."""
-    uid = backend.job_uid
-    on_behalf = uid is not None and os.geteuid() == 0 and uid != 0
+def submit_watcher(store: MapStore, backend: Backend) -> str | None:
+    """Queue the watcher of ``store``'s sweep on ``backend`` (one where
+    ``backend.can_run_watcher``) and record its job id; returns it, or None (with a
+    warning) when the pool refused it, in which case the kernel's watcher alone applies
+    the policy."""
+    uid = submits_for_job_user(backend)
     write_record(store, {"state": "submitted", "submitted": time.time(), "job": None})
-    tokens = hand_over_tokens(store, backend.config) if on_behalf else None
+    tokens = hand_over_tokens(store, backend.token_directory()) if uid is not None else None
     commands = watcher_description(store, token_directory=tokens)
-    if on_behalf:
+    if uid is not None:
         store.chown(uid)  # the watcher runs as the pool's job user and writes here
-
-    def send(htcondor2: Any) -> int:
-        return int(htcondor2.Schedd().submit(htcondor2.Submit(commands)).cluster())
-
     try:
-        cluster = call_with_pool(backend.config, send)
+        cluster = backend.submit_watcher(store, commands)
     except Exception as exc:
         write_record(store, {"state": "failed", "submitted": time.time(), "job": None,
                              "error": f"submitting the watcher failed: {exc}"})
@@ -155,4 +150,3 @@ def submit_watcher(store: MapStore, backend: Any) -> str | None:
     if watcher_record(store).get("state") == "submitted":  # unless it already reported
         write_record(store, {"state": "submitted", "submitted": time.time(), "job": job})
     return job
-
