@@ -181,3 +181,17 @@ def test_panel_without_widget_frontend_prints_text(
     assert m.wait(timeout=120)
     wait_until(lambda: "2 / 2 done" in m._repr_html_(), timeout=10,
                message="the map's HTML shows it finished")
+
+
+@pytest.mark.pool
+def test_flags_made_from_the_table_reach_the_jobs(shell: InteractiveShell) -> None:
+    """Options that had no flag before reach the job's own ad through the real pool."""
+    shell.user_ns["xs"] = [1]
+    shell.user_ns["extra"] = {"My.HtcmlLab": '"ml"'}
+    shell.run_cell_magic(
+        "htc_map", "--over xs --priority 3 --requirements 'TARGET.Cpus >= 1' "
+                   "--submit-extra extra --max-materialize 4 --wait -o ads --no-panel",
+        "def own_ad(x):\n    import os\n    with open(os.environ['_CONDOR_JOB_AD']) as f:\n"
+        "        lines = f.read().splitlines()\n"
+        "    return sorted(l for l in lines if l.split(' ')[0] in ('JobPrio', 'HtcmlLab'))\n")
+    assert shell.user_ns["ads"] == [['HtcmlLab = "ml"', "JobPrio = 3"]]
