@@ -388,8 +388,8 @@ class Executor(BaseExecutor):
     def _resolve(m: Map, item: int, future: HTCFuture, state: ItemState) -> None:
         try:
             if state is ItemState.DONE:
-                with m._lock:  # as Map.as_completed reads it: no item-state pass per item
-                    value = m._value_of(item)
+                # as Map.as_completed reads it: no item-state pass per item
+                value = m.parts.results.value(item)
                 future._settle(value)
                 return
             error = m.error(item)

@@ -334,6 +334,7 @@ def test_submitting_process_killed_before_the_schedd_took_the_jobs(pool: str,
     assert not _queue(pool, 'HtcmlMap == "never-queued"', ["ClusterId"])
 
     m = htc.attach("never-queued", root=map_root)
+    m.refresh()  # the first refresh settles what the dead process left
     assert not m.store.pending_submissions() and m.clusters == []
     assert m.wait(timeout=10), m.status()
     results = m.results(errors="return")

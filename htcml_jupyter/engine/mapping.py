@@ -1,24 +1,30 @@
-"""The :class:`Map`: a function mapped over inputs as jobs, and its results."""
+"""The :class:`Map`: a function mapped over inputs as jobs, and its results.
+
+A ``Map`` holds three parts (:class:`MapParts`): its table (the jobs' states), its reader
+of outcomes and its actions.  Its methods delegate; those that read new events go
+through :meth:`Map.refresh` and :meth:`Map.wait`, which subclasses extend.  Building a
+handle reads the map's folder only: the schedd is first asked at the first refresh.
+Every live handle is followed by the process's one monitor thread (``engine.monitor``).
+"""
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .actions import MapActions
-from .errors import HTCMLError
+from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
+from .monitor import MONITOR
 from .notes import read_notes
 from .options import SubmitOptions
-from .outcomes import OutcomeReader, item_output
-from .reports import ReportBook
-from .results import MapResults
-from .state import EventKind, ItemState, TaskEvent, TaskPhase, TaskStatus, TaskTable
+from .outcomes import item_output
+from .parts import MapParts
+from .results import ErrorMode, SetupRun
+from .state import ItemState, TaskStatus
 from .store import MapStore
-from .usage import MapUsage, UsageBook, map_usage
+from .usage import MapUsage
 
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
@@ -30,7 +36,7 @@ Chunksize = int | Literal["auto"]
 VANISHED_CHECK_AFTER = float(os.environ.get("HTCML_QUEUE_CHECK_AFTER", "60"))
 
 
-class Map(MapActions, MapResults):
+class Map:
     """A function mapped over inputs as jobs; results gather in the map's folder.
 
     Build one with :func:`htcml_jupyter.map` or rebuild one from disk with
@@ -40,26 +46,13 @@ class Map(MapActions, MapResults):
     def __init__(self, store: MapStore, backend: Backend):
         self.store = store
         self.backend = backend
-        meta = store.read_meta()
-        self.meta = meta
-        self.n_items: int = int(meta["n_items"])
+        meta = self.meta = store.read_meta()
         self.options = SubmitOptions.from_record(meta["options"])
-        self._lock = threading.RLock()
-        self._table = TaskTable()
-        self._outcomes = OutcomeReader(store, meta.get("code_locations", {}))
-        self._reports = ReportBook()
-        self._usage = UsageBook()
+        #: Its table, reader of outcomes and actions (:class:`~.parts.MapParts`).
+        self.parts = MapParts.build(store, backend, meta, self.options)
         self._environment: dict[str, Any] = {}
         self._start_seconds: list[float] = []  # each of the first jobs' environment start
-        self._reader = backend.event_reader(store)
-        # With no event log to read (deleted), ask the queue at the first wait.
-        self._last_change = time.time() if store.event_log.exists() else 0.0
-        if store.pending_submissions(abandoned_only=True):
-            try:
-                backend.recover_submissions(store)
-            except HTCMLError:
-                pass  # the pool is down: settled at the next attach
-        self._load_tasks()
+        MONITOR.register(self)  # the process's one monitor thread follows it while it lives
 
     # ------------------------------------------------------------------ basics
     @property
@@ -68,8 +61,15 @@ class Map(MapActions, MapResults):
         return self.store.name
 
     @property
+    def n_items(self) -> int:
+        """How many items the map has (grows when items are added)."""
+        return self.parts.table.n_items
+
+    @property
     def clusters(self) -> list[int]:
-        """HTCondor cluster ids of every submission of this map (first, then retries)."""
+        """HTCondor cluster ids of every submission of this map (first, then retries);
+        submissions a dead process left unconfirmed are looked up first."""
+        self.parts.table.settle_submissions()
         return [int(s["cluster"]) for s in self.store.submissions()]
 
     @property
@@ -89,8 +89,7 @@ class Map(MapActions, MapResults):
 
             # what the archive costs: bytes sent for the map's jobs (known from the task
             # table, no file read), each job's start (read until the first jobs gave it)
-            with self._lock:
-                jobs = len(self._table.tasks)
+            jobs = len(self.parts.table.table.tasks)
             if len(self._start_seconds) < min(SAMPLED_JOBS, jobs):
                 self._start_seconds = job_start_seconds(self.store.path / "logs")
             return summarize(self._environment, jobs, self._start_seconds)
@@ -114,67 +113,34 @@ class Map(MapActions, MapResults):
 
         return render_html(snapshot(self))
 
-    def _load_tasks(self) -> None:
-        for task, items in self.store.tasks():
-            self._table.add_task(task, items)
-        for task, reason in self.store.unsubmitted().items():
-            self._table.apply(TaskEvent(task, EventKind.REMOVED, time.time(),
-                                        {"reason": reason}))
-
     # ------------------------------------------------------------------ state
     def refresh(self) -> bool:
         """Read new job events; return True when any job changed state."""
-        with self._lock:
-            changed = False
-            for event in self._reader.read():
-                if event.kind is EventKind.REPORTED:
-                    changed |= self._add_reports(event)
-                else:
-                    self._usage.add(event)
-                    changed |= self._table.apply(event)
-            if changed:
-                self._last_change = time.time()
-            return changed
-
-    def _add_reports(self, event: TaskEvent) -> bool:
-        status = self._table.tasks.get(event.task)
-        default_item = status.items[0] if status and status.items else None
-        self._reports.add(event.detail.get("records", []), default_item,
-                          status.evictions if status else 0)
-        return True
+        return self.parts.table.refresh()
 
     @property
     def reports_seen(self) -> int:
         """How many metric reports have arrived so far (all items)."""
-        return self._reports.seen
+        return self.parts.table.reports.seen
 
     def reports(self, item: int) -> list[dict[str, Any]]:
         """What ``item`` reported with ``htcml_jupyter.report()``, oldest first: dicts of
         ``step``, ``time`` and the metrics."""
-        self._check_index(item)
+        self.parts.table.check_index(item)
         self.refresh()
-        with self._lock:
-            return list(self._reports.metrics.get(item, []))
+        return self.parts.table.reports_of(item)
 
     def all_reports(self) -> dict[int, list[dict[str, Any]]]:
         """``{item: reports}`` for every item that reported anything."""
         self.refresh()
-        with self._lock:
-            return {i: list(r) for i, r in self._reports.metrics.items()}
+        return self.parts.table.all_reports()
 
     def checkpoints(self) -> dict[int, dict[str, Any]]:
         """Per item: ``saved``, the step of the last saved checkpoint; ``restored``, the
         step restored at each restart; ``resumed``, the steps it resumed from after an
         eviction; ``evictions``, how often its job was evicted."""
         self.refresh()
-        with self._lock:
-            out = {}
-            for item, task in self._table.item_task.items():
-                summary = self._reports.checkpoint_summary(
-                    item, self._table.tasks[task].evictions)
-                if summary is not None:
-                    out[item] = summary
-            return out
+        return self.parts.table.checkpoints()
 
     def usage(self, live: bool = True) -> MapUsage:
         """What the map's jobs used: per job and in total, wall time, CPU time, peak
@@ -186,17 +152,7 @@ class Map(MapActions, MapResults):
         requests every job used under a third of, ``usage().table()`` lists the jobs.
         """
         self.refresh()
-        with self._lock:
-            tasks = [TaskStatus(**vars(t)) for t in self._table.tasks.values()]
-        running = [t.job_id for t in tasks if t.phase is TaskPhase.RUNNING and t.job_id]
-        figures: dict[str, dict[str, float]] = {}
-        if live and running:
-            try:
-                figures = self.backend.job_usage(self.store, running)
-            except HTCMLError:
-                figures = {}  # the pool is out of reach: what the events said
-        with self._lock:
-            return map_usage(self._usage, tasks, figures)
+        return self.parts.table.usage(live)
 
     def notes(self, last: int | None = None) -> list[str]:
         """Notes about the map for people, oldest first (the ``last`` ones when given):
@@ -204,91 +160,31 @@ class Map(MapActions, MapResults):
         under the ``htcml_jupyter`` logger; its panel shows the latest."""
         return read_notes(self.store.path, last)
 
-    def _check_queue(self) -> None:
-        if time.time() - self._last_change < VANISHED_CHECK_AFTER:
-            return
-        with self._lock:
-            self._last_change = time.time()
-            self.refresh()
-            table = TaskTable()
-            for task, status in self._table.tasks.items():
-                table.tasks[task] = TaskStatus(**vars(status))
-        events = self.backend.queue_check(self.store, table)  # no lock across the query
-        with self._lock:
-            self.refresh()  # a job may have finished while the queue was asked
-            for event in events:
-                event = self._outcome_or(event) if event.kind is EventKind.VANISHED else event
-                self._usage.add(event)
-                self._table.apply(event)
-
-    def _outcome_or(self, vanished: TaskEvent) -> TaskEvent:
-        """A job that left the queue unseen but whose outcome came back finished: the
-        outcome file, not the missing log entry, says so."""
-        records = self._outcomes.records(vanished.task)
-        if not records or any(r.get("lost") for r in records.values()):
-            return vanished
-        failed = any(not r.get("ok") for r in records.values())
-        return TaskEvent(vanished.task, EventKind.FINISHED, vanished.time,
-                         {"exit_code": 3 if failed else 0})
-
-    def _item_state(self, item: int, status: TaskStatus) -> ItemState:
-        if status.phase is TaskPhase.FINISHED:
-            return (ItemState.DONE if self._outcomes.succeeded(status, item)
-                    else ItemState.FAILED)
-        return ItemState(status.phase.value)
+    def check_queue(self) -> None:
+        """Ask the queue about jobs that left it unseen, once the event log has been
+        quiet for :data:`VANISHED_CHECK_AFTER` seconds (``wait`` does this)."""
+        self.parts.table.check_queue(VANISHED_CHECK_AFTER, self.refresh)
 
     def item_states(self) -> list[ItemState]:
         """The state of every item, in item order."""
         self.refresh()
-        with self._lock:
-            states = [ItemState.IDLE] * self.n_items
-            index = self._table.item_task
-            for status in self._table.tasks.values():
-                current = index.current(status.task, status.items)
-                if status.phase is TaskPhase.FINISHED:
-                    failed = self._outcomes.failed_items(status)
-                    for item in current:
-                        states[item] = ItemState.FAILED if item in failed else ItemState.DONE
-                    continue
-                state = ItemState(status.phase.value)
-                items = status.items
-                if isinstance(items, range) and not index.moved_from(status.task, items):
-                    states[items.start:items.stop] = [state] * len(items)
-                else:
-                    for item in current:
-                        states[item] = state
-            return states
+        return self.parts.table.item_states()
 
     def status(self) -> dict[str, int]:
         """Counts of items per state: idle, running, done, failed, held, removed."""
         self.refresh()
-        with self._lock:
-            counts: Counter[str] = Counter()
-            index = self._table.item_task
-            for status in self._table.tasks.values():
-                held = len(status.items) - index.moved_from(status.task, status.items)
-                if status.phase is TaskPhase.FINISHED:
-                    failed = sum(1 for i in self._outcomes.failed_items(status)
-                                 if index.get(i) == status.task)
-                    counts[ItemState.DONE.value] += held - failed
-                    counts[ItemState.FAILED.value] += failed
-                else:
-                    counts[status.phase.value] += held
-            counts[ItemState.IDLE.value] += self.n_items - len(index)
-            return {state.value: counts.get(state.value, 0) for state in ItemState}
+        return self.parts.table.counts()
 
     def tasks(self) -> list[TaskStatus]:
         """What is known of each job of the map (one job may hold several items)."""
         self.refresh()
-        with self._lock:
-            return [TaskStatus(**vars(t)) for t in self._table.tasks.values()]
+        return self.parts.table.task_list()
 
     def job_of(self, item: int) -> TaskStatus:
         """The job that holds ``item`` now (its latest attempt)."""
-        self._check_index(item)
+        self.parts.table.check_index(item)
         self.refresh()
-        with self._lock:
-            return self._table.tasks[self._table.item_task[item]]
+        return self.parts.table.status_of(item)
 
     @property
     def done(self) -> bool:
@@ -312,27 +208,94 @@ class Map(MapActions, MapResults):
                 last = counts
             if _settled(counts) >= self.n_items:
                 return True
-            self._check_queue()
+            self.check_queue()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
             time.sleep(max(remaining, 0.01))
 
     # ------------------------------------------------------------------ results
-    def _check_index(self, item: int) -> None:
-        if not isinstance(item, int) or not 0 <= item < self.n_items:
-            raise IndexError(f"item {item!r} is not in this map (0..{self.n_items - 1})")
+    @property
+    def errors(self) -> dict[int, RemoteError]:
+        """Items whose function raised: ``{item: RemoteError}`` with the remote traceback."""
+        return self.parts.results.errors(self.item_states())
 
-    def _status_of(self, item: int) -> TaskStatus:
-        return self._table.tasks[self._table.item_task[item]]
+    @property
+    def holds(self) -> dict[int, str]:
+        """Items whose job is on hold: ``{item: HTCondor's hold reason}``."""
+        return self.parts.results.holds(self.item_states())
 
-    def _error_of(self, item: int, state: ItemState) -> HTCMLError:
-        return self._outcomes.error(self._status_of(item), item, state)
+    def results(self, errors: ErrorMode = "raise", timeout: float | None = None) -> list[Any]:
+        """Every item's result, in item order (waits for the map first).
 
-    def _value_of(self, item: int) -> Any:
-        return self._outcomes.value(self._status_of(item), item)
+        With ``errors="raise"`` a :class:`MapError` names every item without a result
+        (its ``.errors`` holds each one); with ``errors="return"`` such items give their
+        error object (:class:`RemoteError`, :class:`ItemHeld`, :class:`ItemRemoved`).
+        """
+        _check_mode(errors)
+        if not self.wait(timeout):
+            raise WaitTimeout(f"map {self.name!r} is not finished after {timeout} s: "
+                              f"{self.status()}")
+        out, failures = self.parts.results.collect(self.item_states())
+        if failures and errors == "raise":
+            raise MapError(self.name, failures, self.n_items)
+        return out
 
-    # ------------------------------------------------------------------ output
+    def error(self, item: int) -> HTCMLError | None:
+        """Why ``item`` has no result (RemoteError, ItemHeld, ItemRemoved), or None when it
+        is done or still pending.  Reads the state known now; ``refresh()`` reads more."""
+        return self.parts.results.error(item)
+
+    def result(self, item: int) -> Any:
+        """One item's result (raises its error when it has none)."""
+        self.parts.table.check_index(item)
+        return self.parts.results.result(item, self.item_states()[item])
+
+    def result_bytes(self, item: int) -> bytes:
+        """One done item's result still pickled, as its job wrote it: for passing it on
+        (a workflow's next stage) without running the job's pickle here.  Raises the
+        item's error when it has no result."""
+        self.parts.table.check_index(item)
+        return self.parts.results.result_bytes(item, self.item_states()[item])
+
+    def as_completed(self, timeout: float | None = None, errors: ErrorMode = "raise",
+                     poll: float = 0.2) -> Iterator[tuple[int, Any]]:
+        """Yield ``(item, result)`` as items finish, in finishing order.
+
+        A failed, held or removed item raises its error (``errors="raise"``) or is
+        yielded with the error object as its result (``errors="return"``).
+        """
+        return self.parts.results.as_completed(timeout, errors, poll, self.refresh,
+                                               self.check_queue, self.name)
+
+    def iter_results(self, errors: ErrorMode = "raise", timeout: float | None = None,
+                     poll: float = 0.2) -> Iterator[Any]:
+        """Each item's result in item order, as soon as it is there: a job's outcome is
+        read once and only a few jobs' records are held at a time, so a million results
+        can be consumed without holding them all.  ``errors`` as in :meth:`results`."""
+        _check_mode(errors)
+        return self.parts.results.iter_results(errors, timeout, poll, self.refresh,
+                                               self.check_queue, self.name)
+
+    def call_of(self, item: int) -> int:
+        """The first item of the call that handles ``item``: itself, or with
+        ``batch_size`` the first item of its batch (in its job's latest attempt)."""
+        return self.parts.results.call_of(item)
+
+    def output_files(self, item: int) -> list[Path | str]:
+        """The files that the call handling ``item`` wrote under ``output_dir()``: local
+        paths in the map's folder, or paths/URLs under the map's ``output_destination``
+        (for a batch, the batch's files).  Empty until the item's job has finished."""
+        self.parts.table.check_index(item)
+        self.refresh()
+        return self.parts.results.output_files(item)
+
+    def setup_stats(self) -> list[SetupRun]:
+        """Every run of the map's ``setup=`` function so far: one per job start that had
+        items left (a job restarted after an eviction or checkpoint runs it again)."""
+        self.refresh()
+        return self.parts.results.setup_stats()
+
     def stdout(self, item: int) -> str:
         """What ``item`` printed to standard output (its part of the job's output)."""
         return item_output(self.store.stdout_file(self.job_of(item).task), self.call_of(item))
@@ -341,15 +304,75 @@ class Map(MapActions, MapResults):
         """What ``item`` wrote to standard error, remote tracebacks included."""
         return item_output(self.store.stderr_file(self.job_of(item).task), self.call_of(item))
 
+    # ------------------------------------------------------------------ actions
+    def cancel(self) -> None:
+        """Remove every unfinished job of the map; finished results stay on disk."""
+        self.refresh()
+        self.parts.actions.cancel()
+
+    def abort(self, items: Iterable[int], reason: str = "aborted") -> list[int]:
+        """Stop unfinished items on purpose (e.g. early stopping): their jobs are removed
+        and they are recorded as aborted with ``reason``; returns the items stopped."""
+        return self.parts.actions.abort(items, self.item_states(), reason)
+
+    @property
+    def aborted(self) -> dict[int, str]:
+        """Items stopped on purpose with :meth:`abort`: ``{item: reason}``."""
+        return self.store.aborted()
+
+    def vacate(self, items: Iterable[int] | None = None) -> int:
+        """Evict running jobs (as preemption would): they go back to the queue and run
+        again, from their last checkpoint when they save one.  Returns how many."""
+        return self.parts.actions.vacate(items, self.item_states())
+
+    def release(self) -> int:
+        """Release held jobs so they run again; returns how many were released."""
+        self.refresh()
+        return self.parts.actions.release()
+
+    def retry(self, items: Iterable[int] | None = None) -> list[int]:
+        """Run failed, held and removed items again as new jobs; returns their indexes.
+
+        Held jobs are removed first.  ``items`` restricts the retry to those items.  One
+        retry at a time (in any process: the map's submission lock): a retry that
+        waited for another sees the jobs it queued and does not queue them again.
+        """
+        return self.parts.actions.retry(items, self.item_states)
+
+    def extend(self, arguments: Sequence[Any],
+               on_written: Callable[[list[int]], None] | None = None) -> list[int]:
+        """Add items to the map, one job each, queued as one new cluster of the map;
+        returns their indexes (numbered on from the last item).
+
+        The same submission path and lock as :meth:`retry`: the new count goes into the
+        map's record before its jobs are recorded, so a process that follows the map
+        (:meth:`follow_new_items`) never sees a job of an item it does not count.
+        ``on_written(indexes)`` is called once the jobs are written, before they are
+        queued (to record what the new items are for).
+        """
+        return self.parts.actions.extend(arguments, on_written, self.follow_new_items)
+
+    def follow_new_items(self) -> None:
+        """Follow the items and jobs that another process added (:meth:`extend`) or
+        queued (:meth:`retry`): jobs first, then the count they belong to."""
+        self.parts.actions.follow_new_items()
+
+    # ------------------------------------------------------------------ end
     def close(self) -> None:
-        """Stop reading the event log (the jobs and the map's folder are untouched)."""
-        self._reader.close()
+        """Stop following the map (the jobs and the map's folder are untouched)."""
+        MONITOR.unregister(self)
+        self.parts.table.close()
 
     def __enter__(self) -> Map:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_mode(errors: str) -> None:
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
 
 
 def _settled(counts: dict[str, int]) -> int:

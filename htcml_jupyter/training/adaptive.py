@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -68,6 +69,7 @@ class AdaptiveSweep(Sweep):
 
     def __init__(self, store: MapStore, backend: Backend, watch: bool = True):
         self.trial_of: dict[int, int] = {}
+        self._trials_lock = threading.RLock()  # trial_of and params
         self._trials_seen = 0
         self._tasks_size = self._trials_size = -1
         self._study: Any = None
@@ -92,7 +94,7 @@ class AdaptiveSweep(Sweep):
         if trials_size == self._trials_size:
             return
         rows = _read_rows(self.store, TRIALS_FILE)
-        with self._lock:
+        with self._trials_lock:
             self._trials_size = trials_size
             for row in rows[self._trials_seen:]:
                 item = int(row["item"])
@@ -195,7 +197,7 @@ class AdaptiveSweep(Sweep):
             aborted = self.aborted
             trials = {t.number: t for t in study.get_trials(deepcopy=False)}
             pruned: list[int] = []
-            with self._lock:
+            with self._trials_lock:
                 trial_of = dict(self.trial_of)
             for item, number in trial_of.items():
                 frozen = trials.get(number)
@@ -239,7 +241,7 @@ class AdaptiveSweep(Sweep):
         owner = (self.store.path / STUDY_FILE).lstat().st_uid
         if owner == 0:
             return False
-        if not self.backend.can_run_watcher:
+        if self.backend.kind != "condor":
             raise folder_files.UnsafeEntry(
                 f"{self.store.path / STUDY_FILE} belongs to uid {owner}: run the search as "
                 f"that user, not as root")
@@ -378,7 +380,7 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
     folder_files.append(m.store.path, TRIALS_FILE, "".join(
         json.dumps({"item": i, "trial": t.number, "params": p, "time": time.time()}) + "\n"
         for i, (t, p) in enumerate(zip(asked, params, strict=True))).encode())
-    if backend.can_run_watcher and watcher == "pool":
+    if backend.kind == "condor" and watcher == "pool":
         submit_watcher(m.store, backend)  # the search goes on after this process ends
     m.close()
     return AdaptiveSweep(m.store, backend)

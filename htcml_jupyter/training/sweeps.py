@@ -235,8 +235,7 @@ class Sweep(Map):
         checkpoints = self.checkpoints()
         tasks = {t.task: t for t in self.tasks()}
         used = {job.task: job for job in self.usage(live=False).jobs}
-        with self._lock:
-            task_of = dict(self._table.item_task)
+        task_of = self.parts.table.item_tasks()
         results: dict[int, Any] = {}
         for i, s in enumerate(states):
             if s is ItemState.DONE and with_results:
@@ -359,7 +358,7 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
                                          "function": fn_name}})
     if policy_bytes is not None:
         m.store.write_file(POLICY_FILE, policy_bytes)  # no link in the folder followed
-        if backend.can_run_watcher and watcher == "pool":
+        if backend.kind == "condor" and watcher == "pool":
             submit_watcher(m.store, backend)  # the policy outlives this process
     m.close()
     return Sweep(m.store, backend)

@@ -8,8 +8,10 @@ their counts, what the jobs used (once any finished) with advice on oversized re
 items (clicking one shows its remote traceback, stderr tail or hold reason), and
 Cancel / Retry failed / Release held buttons.
 
-Updates come from one background thread, at most twice a second, that stops when the
-map is finished (Retry and Release start it again).  Where no widget front end exists
+Updates come from the process's one monitor thread
+(:mod:`htcml_jupyter.engine.monitor`), at most twice a second while jobs change and
+more slowly while nothing does; they stop when the map is finished (Retry and Release
+start them again).  Where no widget front end exists
 the panel's display data also carries the same information as text and HTML.
 """
 
@@ -19,6 +21,7 @@ import html
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..engine.monitor import MONITOR, Watch
 from ..engine.state import ItemState
 from .progress import (
     MapProgress,
@@ -36,7 +39,7 @@ from .progress import (
 if TYPE_CHECKING:
     from ..engine.mapping import Map
 
-#: Seconds between two updates of a live panel.
+#: Seconds between two updates of a live panel while its map's jobs change.
 UPDATE_INTERVAL = 0.5
 
 
@@ -81,8 +84,7 @@ class MapPanel:
         ])
         self.widget.add_class("htcml-panel")
         self.last: MapProgress | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watch: Watch | None = None
         self._lock = threading.RLock()
         self.update()
         if start:
@@ -126,30 +128,25 @@ class MapPanel:
             return
         self.detail.value = item_detail_html(self.map, int(item))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                p = self.update()
-            except Exception as exc:  # keep the kernel alive; show what went wrong
-                self.message.value = f"<i>update failed: {html.escape(str(exc))}</i>"
-                continue
-            if p.finished:
-                return
+    def _refreshed(self, _changed: bool) -> bool:
+        """After each refresh of the map by the monitor: redraw; False once finished."""
+        try:
+            return not self.update().finished
+        except Exception as exc:  # keep the kernel alive; show what went wrong
+            self.message.value = f"<i>update failed: {html.escape(str(exc))}</i>"
+            return True
 
     def start(self) -> None:
         """Start (or restart) the background updates."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._watch is not None and self._watch.active:
+            MONITOR.wake(self.map)
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"htcml-panel-{self.map.name}",
-                                        daemon=True)
-        self._thread.start()
+        self._watch = MONITOR.watch(self.map, self._refreshed, self.interval)
 
     def stop(self) -> None:
         """Stop the background updates (the final state stays visible)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._watch is not None:
+            self._watch.stop()
 
     def close(self) -> None:
         self.stop()
@@ -157,7 +154,8 @@ class MapPanel:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True while the panel is updated in the background."""
+        return self._watch is not None and self._watch.active
 
     # ---------------------------------------------------------------- actions
     def _act(self, action: str) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import math
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..engine.monitor import MONITOR, Watch
 from .curves import TrialStyle, curves_svg, metric_series
 from .sweep_chart import SweepChart
 
@@ -159,8 +159,7 @@ class TorchrunPanel:
         self.widget = w.VBox([self.body, self.chart_box, self.cancel_button])
         self.widget.add_class("htcml-panel")
         self.last: RunSnapshot | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watch: Watch | None = None
         self.update()
         if start:
             self.start()
@@ -179,22 +178,21 @@ class TorchrunPanel:
         return snap
 
     def start(self) -> None:
-        """Update in the background until the run ends."""
-        if self._thread is not None and self._thread.is_alive():
+        """Update in the background (the process's monitor thread) until the run ends."""
+        if self._watch is not None and self._watch.active:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"htcml-torchrun-{self.run.name}")
-        self._thread.start()
+        self._watch = MONITOR.watch(self.run.map, lambda _changed: not self.update().finished,
+                                    self.interval)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.update().finished:
-                return
+    @property
+    def running(self) -> bool:
+        """True while the panel is updated in the background."""
+        return self._watch is not None and self._watch.active
 
     def close(self) -> None:
         """Stop updating (the run goes on)."""
-        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
 
     def show(self) -> TorchrunPanel:
         from IPython.display import display
