@@ -26,7 +26,7 @@ import pytest
 
 import htcml_jupyter as htc
 from htcml_jupyter import cli, devpool, environment
-from htcml_jupyter.backends.submit_description import job_side_files, submit_description
+from htcml_jupyter.backends.submit_description import submit_description
 from htcml_jupyter.engine.options import OptionError, SubmitOptions
 from htcml_jupyter.engine.payload import dump_function, dump_items
 from htcml_jupyter.engine.store import MapStore
@@ -40,10 +40,11 @@ from htcml_jupyter.environment import (
 )
 from htcml_jupyter.environment.layout import manifest_digest, plan
 from htcml_jupyter.jobside import wire
+from htcml_jupyter.jobside.archive import ARCHIVE_NAME, archive_bytes
 
 PY = "python{}.{}".format(*sys.version_info[:2])
-#: What every job gets besides its payload (the runner, the job-side API, chirp).
-JOB_FILES = job_side_files()
+#: What every job gets besides its payload: the job side as one archive (a stand-in path).
+JOB_FILES = [f"/opt/htcml/{ARCHIVE_NAME}"]
 
 
 def _make_env(root: Path) -> EnvSource:
@@ -149,12 +150,8 @@ def _sandbox(tmp_path: Path, archive: Path) -> Path:
     box = tmp_path / "sandbox"
     box.mkdir()
     os.link(archive, box / archive.name)
-    for f in JOB_FILES:
-        (box / Path(f).name).write_bytes(Path(f).read_bytes())
-    # what every launch sends besides the runner: the notebook's cloudpickle
-    pickler = environment.cloudpickle_folder()
-    shutil.copytree(pickler, box / "cloudpickle",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    # what every launch sends: the job side, with the notebook's cloudpickle in it
+    (box / ARCHIVE_NAME).write_bytes(archive_bytes())
     return box
 
 
@@ -176,7 +173,7 @@ def test_bootstrap_unpacks_and_runs_the_runner(
     box = _sandbox(tmp_path, packed.path)
     dump_function(where_am_i, {}, box / "function.pkl")
     dump_items([(0, 1), (1, 5)], box / "task-0.pkl")
-    proc = _bootstrap(box, packed.path.name, "runner.py", "function.pkl", "task-0.pkl",
+    proc = _bootstrap(box, packed.path.name, ARCHIVE_NAME, "function.pkl", "task-0.pkl",
                       "outcome.pkl")
     assert proc.returncode == 0, proc.stderr
     records = wire.decode_outcome((box / "outcome.pkl").read_bytes())[1]
@@ -228,10 +225,10 @@ def test_broken_archive_gives_one_line_and_its_exit_code(
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(packed.path.read_bytes()[:50_000])
     box = _sandbox(tmp_path, broken)
-    line = _one_line_failure(_bootstrap(box, broken.name, "runner.py", "a", "b", "c"))
+    line = _one_line_failure(_bootstrap(box, broken.name, ARCHIVE_NAME, "a", "b", "c"))
     assert "intact environment archive broken.tar.gz" in line
     assert not (box / "htcml_env").exists()
-    line = _one_line_failure(_bootstrap(box, "missing.tar.gz", "runner.py"))
+    line = _one_line_failure(_bootstrap(box, "missing.tar.gz", ARCHIVE_NAME))
     assert "missing.tar.gz" in line and "no such file" in line
 
 
@@ -321,17 +318,17 @@ def test_launches_ship_cloudpickle_and_the_archive(tmp_path: Path) -> None:
     folder = os.path.dirname(cloudpickle.__file__)
     shared = launch_for("shared", SubmitOptions())
     assert shared.executable == sys.executable and not shared.transfer_executable
-    assert folder in shared.input_files
+    assert folder not in shared.input_files  # the job side's archive carries it
     assert launch_for("container", SubmitOptions(container_image="i")).executable == "python3"
     url = "https://example.org/envs/env-3.11.tar.gz?x=1"
     packed = launch_for("archive", SubmitOptions(), url)
     assert packed.transfer_executable and packed.executable.endswith("bootstrap.sh")
     assert packed.arguments_prefix == ("env-3.11.tar.gz",)
-    assert packed.input_files == (url, folder)
+    assert packed.input_files == (url,)
     store = MapStore.create(tmp_path, "m", {})
     commands = submit_description(store, SubmitOptions(), batch_name="b", launch=packed,
                                   job_files=JOB_FILES)
-    assert commands["arguments"].startswith("env-3.11.tar.gz runner.py function.pkl")
+    assert commands["arguments"].startswith(f"env-3.11.tar.gz {ARCHIVE_NAME} function.pkl")
     assert commands["transfer_executable"] == "true"
     assert url in commands["transfer_input_files"]
 

@@ -244,7 +244,7 @@ def test_the_archive_is_an_input_file_or_a_common_one(tmp_path: Path) -> None:
                                   job_files=JOB_FILES)
     assert commands["transfer_common_input_files"] == str(archive)
     assert str(archive) not in commands["transfer_input_files"]
-    assert commands["arguments"].startswith(f"{archive.name} runner.py")
+    assert commands["arguments"].startswith(f"{archive.name} jobside.pyz")
     assert supports_common_files("$CondorVersion: 25.14.1 2026-01-01 $")
     assert not supports_common_files("$CondorVersion: 23.9.6 2024-07-01 BuildID: Debian $")
 

@@ -8,8 +8,6 @@ through ``submit_extra``; trying is an :class:`~htcml_jupyter.OptionError`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..engine.options import (
     LATE_MATERIALIZATION,
     RESERVED_COMMANDS,
@@ -20,16 +18,15 @@ from ..engine.options import (
 )
 from ..engine.store import MapStore
 from ..environment.launch import JobLaunch, default_launch
-from ..jobside import calls, job, runner, wire
+from ..jobside import wire
+from ..jobside.archive import ARCHIVE_NAME
 
 
-def job_side_files() -> list[str]:
-    """The files every job needs besides its payload: the runner, the job-side API, the
-    wire constants and HTCondor's pure-Python chirp client."""
-    from htcondor2.htchirp import htchirp
-
-    return [str(Path(runner.__file__)), str(Path(job.__file__)), str(Path(wire.__file__)),
-            str(Path(calls.__file__)), str(Path(htchirp.__file__))]
+def job_side_files(store: MapStore) -> list[str]:
+    """The files every job needs besides its payload: the job side as one archive in the
+    map's folder (runner, job-side API, HTCondor's chirp client and cloudpickle; see
+    :mod:`~htcml_jupyter.jobside.archive`), written when the map's jobs are."""
+    return [str(store.job_side_archive)]
 
 
 def _checked_path(path: str) -> str:
@@ -60,12 +57,11 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         raise OptionError(f"submit_extra cannot set {', '.join(clash)}: the map needs these "
                           f"commands to track its jobs and collect their results")
     launch = launch or default_launch(options)
-    files = job_files if job_files is not None else job_side_files()
-    inputs = [*files, *launch.input_files, str(store.function_file), *options.input_files,
-              *(str(p) for p in store.seed_files())]
+    files = job_files if job_files is not None else job_side_files(store)
+    inputs = [*files, *launch.input_files, str(store.function_file), *options.input_files]
     environment = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
                    **launch.environment}
-    arguments = [*launch.arguments_prefix, "runner.py", "function.pkl", "task-$(task).pkl",
+    arguments = [*launch.arguments_prefix, ARCHIVE_NAME, "function.pkl", "task-$(task).pkl",
                  "outcome.pkl"]
     commands: dict[str, str] = {
         "universe": "vanilla",
@@ -82,7 +78,8 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         "should_transfer_files": "YES",
         # On an eviction the outcome so far and the saved checkpoints go to the schedd's
         # spool and come back with the restarted job, which resumes from the last save
-        # and skips finished items (both exist from the start: the seed files).
+        # and skips finished items.  HTCondor holds a job when one of these is missing:
+        # the job side makes all three before anything else (jobside.pyz's __main__).
         "when_to_transfer_output": "ON_EXIT_OR_EVICT",
         # what the function wrote under output_dir() comes back as one folder per job
         "transfer_output_files": f"outcome.pkl, {wire.CHECKPOINT_DIR}, {wire.OUTPUTS_DIR}",

@@ -210,7 +210,7 @@ def check_extra(name: str, value: Any) -> dict[str, str]:
 RESERVED_FILE_NAMES = frozenset({
     "runner.py", "job.py", "wire.py", "htchirp.py", "bootstrap.sh", "function.pkl",
     "outcome.pkl", "cloudpickle", "htcml_checkpoint", "htcml_env", "htcml_outputs",
-    "calls.py",
+    "calls.py", "jobside.pyz",
 })
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)

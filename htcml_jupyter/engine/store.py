@@ -14,7 +14,7 @@ Layout of ``<root>/<name>/`` (mode 0700)::
     logs/events.log     HTCondor's job event log for every cluster of the map
     logs/task-N.out|err the job's stdout and stderr
     logs/notes.log      notes for people: how the environment was chosen, packing
-    seed/               an empty outcome file and checkpoint folder every job starts with
+    jobside.pyz         the job side as one file: runner, chirp client, cloudpickle
 
 Files are only ever added or appended to, so a crash at any point loses nothing
 already written.  Every file is read and written through :mod:`.folder_files`, which
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..jobside.wire import CHECKPOINT_DIR, OUTPUTS_DIR
+from ..jobside.archive import ARCHIVE_NAME, archive_bytes
 from . import folder_files
 from .errors import MapNotFound
 
@@ -252,19 +252,23 @@ class MapStore:
                 for r in _read_lines(self.path / "aborted.jsonl")}
 
     # files ---------------------------------------------------------------
-    def seed_files(self) -> list[Path]:
-        """An empty outcome file, checkpoint folder and output-files folder that every
-        job starts with, so that HTCondor always finds all three when it sends a job's
-        files back on an eviction, even one before the runner started
-        (:meth:`make_seed_files` creates them)."""
-        seed = self.path / "seed"
-        return [seed / "outcome.pkl", seed / CHECKPOINT_DIR, seed / OUTPUTS_DIR]
+    @property
+    def job_side_archive(self) -> Path:
+        """The job side as one file (:mod:`~htcml_jupyter.jobside.archive`) that every
+        job receives and runs (:meth:`make_seed_files` writes it)."""
+        return self.path / ARCHIVE_NAME
 
     def make_seed_files(self) -> None:
-        """Create the :meth:`seed_files` (once; older maps get them at their next retry)."""
-        folder_files.make_folder(self.path, f"seed/{CHECKPOINT_DIR}")
-        folder_files.make_folder(self.path, f"seed/{OUTPUTS_DIR}")
-        folder_files.append(self.path, "seed/outcome.pkl", b"")
+        """Write the :attr:`job_side_archive` every job starts from, once: like
+        ``function.pkl`` it stays what the map was made with (its cloudpickle unpickles
+        the function), whichever process retries (older maps get it at their next
+        retry).  Jobs make their outcome placeholder and checkpoint folder themselves."""
+        try:
+            folder_files.read_own(self.path, ARCHIVE_NAME)
+            return
+        except (OSError, ValueError):
+            pass  # missing, or not this user's: written anew
+        folder_files.write_atomic(self.path, ARCHIVE_NAME, archive_bytes())
 
     @property
     def function_file(self) -> Path:

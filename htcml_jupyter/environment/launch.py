@@ -1,8 +1,9 @@
 """How a job starts: the :class:`JobLaunch`, and the one of each kind of environment.
 
-Every kind ships the notebook's own ``cloudpickle`` package folder with the job: the
-runner's folder comes first on the job's ``sys.path``, so the function is always
-unpickled by the cloudpickle that pickled it, whatever the image or interpreter has.
+Every kind runs the job side's archive (``jobside.pyz``, which holds the notebook's own
+``cloudpickle``): the archive comes first on the job's ``sys.path``, so the function is
+always unpickled by the cloudpickle that pickled it, whatever the image or interpreter
+has.
 """
 
 from __future__ import annotations
@@ -81,14 +82,8 @@ def launch_for(kind: str, options: SubmitOptions, archive: str | None = None, *,
         Send the archive as a common input file (HTCondor 25.14 and later schedds): an
         execute point receives it once for all the jobs of the map it runs.
     """
-    pickler = cloudpickle_folder()
     if kind in ("shared", "container"):
-        base = default_launch(options)
-        return JobLaunch(executable=base.executable,
-                         transfer_executable=base.transfer_executable,
-                         arguments_prefix=base.arguments_prefix,
-                         input_files=(*base.input_files, pickler),
-                         environment=dict(base.environment))
+        return default_launch(options)
     if kind not in ("pack", "archive") or not archive:
         raise ValueError(f"no launch for an environment of kind {kind!r} "
                          f"(archive {archive!r})")
@@ -96,7 +91,7 @@ def launch_for(kind: str, options: SubmitOptions, archive: str | None = None, *,
         archive = os.path.abspath(archive)
     return JobLaunch(executable=str(bootstrap_script()), transfer_executable=True,
                      arguments_prefix=(archive_name(archive),),
-                     input_files=(pickler,) if common_files else (archive, pickler),
+                     input_files=() if common_files else (archive,),
                      common_input_files=(archive,) if common_files else ())
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Start a job with a packed Python environment (made by `htcml env pack`).
 #
-# Usage: bootstrap.sh ARCHIVE runner.py FUNCTION_FILE INPUT_FILE OUTCOME_FILE
+# Usage: bootstrap.sh ARCHIVE jobside.pyz FUNCTION_FILE INPUT_FILE OUTCOME_FILE
 #
 # ARCHIVE (a .tar.gz in the job's folder, sent by HTCondor's file transfer, or fetched
 # by it from a URL) is unpacked into ./htcml_env, the packed interpreter is checked to
@@ -33,6 +33,12 @@ how=unpacked
 
 archive=$1
 shift
+# HTCondor sends these back on exit and on an eviction (and holds a job that lacks one):
+# they exist from the start, even when the environment cannot start
+if [ "$1" = jobside.pyz ] && [ $# -eq 4 ]; then
+    mkdir -p htcml_checkpoint htcml_outputs
+    [ -e "$4" ] || : >"$4"
+fi
 env_dir=$(pwd)/htcml_env
 python=$env_dir/bin/python3
 

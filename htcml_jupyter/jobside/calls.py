@@ -12,9 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 #: How deep :func:`localize` looks for :class:`File` values inside an item
 #: (``File``, ``(File, label)``, ``{"image": File}``, ``[[File, ...], ...]``).
@@ -47,7 +45,12 @@ class File:
     @property
     def name(self) -> str:
         """The file's name in the job's folder (the last part of its path)."""
-        path = urlparse(self.source).path if self.is_url else self.source
+        if self.is_url:
+            from urllib.parse import urlparse  # loaded only by a job that has URLs
+
+            path = urlparse(self.source).path
+        else:
+            path = self.source
         return os.path.basename(path.rstrip("/"))
 
     def __fspath__(self) -> str:
@@ -104,6 +107,8 @@ def localize(value: Any, folder: str = ".", depth: int = 0) -> Any:
 
         return localize(pickle.loads(value.data), folder, depth)
     if isinstance(value, File):
+        from pathlib import Path
+
         return Path(os.path.abspath(os.path.join(folder, value.name)))
     if depth >= MAX_DEPTH or not isinstance(value, (list, tuple, dict)):
         return value

@@ -24,8 +24,7 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Always imported as htcml_jupyter.jobside.job: from the installed package, or from the
 # job's folder through the stand-in package the job runner sets up.
@@ -46,6 +45,9 @@ from .wire import (
     REPORT_STEP,
     REPORT_TIME,
 )
+
+if TYPE_CHECKING:  # pathlib loads only when output_dir() is called
+    from pathlib import Path
 
 #: The exit code a job uses to ask HTCondor to spool its checkpoint and restart it.
 CHECKPOINT_EXIT_CODE = EXIT_CHECKPOINT
@@ -347,6 +349,8 @@ def output_dir() -> Path:
     items never overwrite each other's files.  Outside a job it is a folder under the
     current directory.
     """
+    from pathlib import Path
+
     key = os.environ.get(CALL_ENV, "local")
     folder = Path(OUTPUTS_DIR) / key
     folder.mkdir(parents=True, exist_ok=True)

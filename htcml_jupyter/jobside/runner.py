@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import sys
 import time
-import traceback
 from typing import Any
 
 if __package__:  # imported from the installed package
@@ -63,6 +61,7 @@ write_atomically = wire.write_atomically
 
 
 def _error_record(exc: BaseException, tb_text: str | None = None) -> dict[str, Any]:
+    import traceback  # only when something failed: a job that succeeds never loads it
     try:
         exc_bytes: bytes | None = _dumps(exc)
     except Exception:
@@ -72,7 +71,7 @@ def _error_record(exc: BaseException, tb_text: str | None = None) -> dict[str, A
         "message": str(exc),
         "traceback": tb_text if tb_text is not None else "".join(
             traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,  # socket.gethostname(), without loading socket
         "python": python_version(),
         "exception": exc_bytes,
     }
@@ -156,7 +155,7 @@ def run(function_file: str, input_file: str, outcome_file: str,
 
     ``clear_checkpoints=False`` keeps the saved checkpoints when every item is recorded
     (a caller that may restart the same work, as a torchrun node does)."""
-    out_header: dict[str, Any] = {"python": python_version(), "host": socket.gethostname()}
+    out_header: dict[str, Any] = {"python": python_version(), "host": os.uname().nodename}
     with open(input_file, "rb") as f:
         in_header = read_header(f)
         input_bytes = f.read()
@@ -285,10 +284,14 @@ def _calls_module() -> Any:
 
 def _user_traceback(exc: BaseException) -> str:
     """The traceback without the runner's own frames: it starts in the user's code."""
+    import traceback
+
+    # by their code objects' file names: in jobside.pyz these are not __file__'s paths
+    own = {_user_traceback.__code__.co_filename, *(
+        m.call_function.__code__.co_filename for m in map(sys.modules.get, (
+            "calls", "htcml_jupyter.jobside.calls")) if m is not None)}
     tb = exc.__traceback__
-    here = os.path.abspath(__file__)
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in (
-            here, os.path.join(os.path.dirname(here), "calls.py")):
+    while tb is not None and tb.tb_frame.f_code.co_filename in own:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -372,11 +375,11 @@ def _finished_records(path: str, indexes: list[int]
 def clear_saved_checkpoints() -> None:
     """Every item is recorded: the saved states are no longer needed (the folder stays,
     empty, because HTCondor sends it back)."""
-    import shutil
-
     for name in os.listdir(wire.CHECKPOINT_DIR) if os.path.isdir(wire.CHECKPOINT_DIR) else ():
         path = os.path.join(wire.CHECKPOINT_DIR, name)
         if os.path.isdir(path) and not os.path.islink(path):
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)

@@ -3,7 +3,7 @@
 Usage (what the submit description runs, in front of the runner's own arguments)::
 
     python torchrun_launch.py --nodes N --procs P --join-timeout T -- \\
-        runner.py FUNCTION_FILE INPUT_FILE OUTCOME_FILE
+        jobside.pyz FUNCTION_FILE INPUT_FILE OUTCOME_FILE
 
 Every node of a run is one job of one cluster; its input file holds the items of its
 processes (``node * P + local_rank``).  Node 0 picks a free port and publishes
@@ -56,7 +56,9 @@ if __package__:  # imported from the installed package
         read_ad,
         restart_name,
     )
-else:  # run as a script in the job's folder, next to runner.py and wire.py
+else:  # run as a script in the job's folder, next to the job side's archive
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "jobside.pyz"))
     import runner  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
     from torchrun_relay import (  # type: ignore[no-redef]
@@ -261,7 +263,8 @@ class Node:
     # the node ----------------------------------------------------------------------
     def run(self) -> int:
         self.write_outcome(self.records("the node ended before this rank finished"))
-        os.makedirs(wire.CHECKPOINT_DIR, exist_ok=True)
+        os.makedirs(wire.CHECKPOINT_DIR, exist_ok=True)  # HTCondor sends both back
+        os.makedirs(wire.OUTPUTS_DIR, exist_ok=True)
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:

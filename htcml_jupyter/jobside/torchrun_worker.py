@@ -19,7 +19,9 @@ import sys
 
 if __package__:  # imported from the installed package
     from . import runner, wire
-else:  # run as a script in the job's folder, next to runner.py and wire.py
+else:  # run as a script in the job's folder, next to the job side's archive
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "jobside.pyz"))
     import runner  # type: ignore[no-redef]
     import wire  # type: ignore[no-redef]
 
