@@ -97,11 +97,6 @@ ALLOWED: tuple[Allowed, ...] = (
     Allowed("multinode.run", "TorchrunRun.panel", "views.torchrun_panel",
             "TorchrunRun.panel() builds its panel on request"),
     # Being removed: the backend protocol becomes the only seam to a pool.
-    Allowed("multinode.run", "TorchrunRun.queued_jobs", "backends.bindings",
-            "queries the schedd with the pool's configuration", being_removed=True),
-    Allowed("workflows.watcher_job", "", "backends.bindings",
-            "writes the watcher job's arguments and environment itself",
-            being_removed=True),
     Allowed("multinode", "attach_run", "api",
             "htc.attach_run is htc.attach narrowed to runs; api.attach returning a run "
             "would make it a cycle", being_removed=True),

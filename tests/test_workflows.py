@@ -18,6 +18,7 @@ import pytest
 
 import htcml_jupyter as htc
 from htcml_jupyter.backends.bindings import pool_config
+from htcml_jupyter.backends.condor_pool import watcher_description
 from htcml_jupyter.backends.local import LocalBackend
 from htcml_jupyter.engine.errors import HTCMLError
 from htcml_jupyter.engine.options import OptionError
@@ -27,7 +28,7 @@ from htcml_jupyter.workflows.watcher_job import (
     WATCHER_FILE,
     WATCHER_SILENT_AFTER,
     pool_watcher_active,
-    watcher_description,
+    watcher_job,
     watcher_record,
     write_record,
 )
@@ -208,13 +209,13 @@ def test_a_cancelled_sweep_ends_its_watcher(pool_env: str, map_root: Path) -> No
 def test_watcher_description_runs_this_interpreter_in_the_local_universe(
         tmp_path: Path) -> None:
     store = MapStore(tmp_path / "sweep-1")
-    commands = watcher_description(store, token_directory="/x/tokens.d")
+    commands = watcher_description(store, watcher_job(token_directory="/x/tokens.d"))
     assert commands["universe"] == "local"
     assert commands["executable"] == sys.executable
     # -P: nothing planted in the map folder (its working folder) shadows the stdlib
     assert commands["arguments"] == '"-P -m htcml_jupyter.workflows.watch ."'
-    spaced = watcher_description(MapStore(tmp_path / "a b's" / "s-1"), python="/py",
-                                 token_directory="/x y/it's tokens.d")
+    spaced = watcher_description(MapStore(tmp_path / "a b's" / "s-1"), watcher_job(
+        python="/py", token_directory="/x y/it's tokens.d"))
     assert "_CONDOR_SEC_TOKEN_DIRECTORY='/x y/it''s tokens.d'" in spaced["environment"]
     assert commands["initialdir"] == str(store.path)  # where it runs, spaces and all
     assert "getenv" not in commands and "CONDOR_CONFIG" not in commands["environment"]

@@ -23,6 +23,7 @@ from ..environment.launch import JobLaunch
 from . import condor_pool
 from .bindings import call_with_pool, daemon_restarted, pool_config
 from .condor_events import USAGE_PROJECTION, CondorEventReader, explain_hold, usage_from_ad
+from .protocol import WatcherJob
 from .resources import PoolResources, collector_resources
 from .submit_description import submit_description
 
@@ -192,8 +193,10 @@ class CondorBackend:
                              f"again. Free space in the map folder and submit again") from exc
         return cluster
 
-    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
-        """Queue one job (a sweep's watcher) from ``commands``; returns its cluster id."""
+    def submit_watcher(self, store: MapStore, job: WatcherJob) -> int:
+        """Queue ``job`` as a local-universe job in the sweep's folder (see
+        :func:`.condor_pool.watcher_description`); returns its cluster id."""
+        commands = condor_pool.watcher_description(store, job)
         return self._with_schedd(lambda h, schedd: int(schedd.submit(
             h.Submit(commands)).cluster()), f"submitting the watcher of {store.name}")
 
@@ -205,6 +208,13 @@ class CondorBackend:
     def remove_dag(self, cluster: int, reason: str) -> None:
         """Remove the DAGMan job ``cluster``, and with it every job it queued."""
         self._act("Remove", f"ClusterId == {cluster}", reason)
+
+    def queued_jobs(self, store: MapStore, cluster: int) -> list[str]:
+        """Ids of the jobs of the map's submission ``cluster`` still in the queue."""
+        ads = self._with_schedd(lambda _h, schedd: schedd.query(
+            f'ClusterId == {cluster} && HtcmlMap == "{store.name}"', ["ClusterId", "ProcId"]),
+            "asking the queue")
+        return [f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads]
 
     def token_directory(self) -> str | None:
         """The folder of IDTOKENS this pool's configuration names (None when none)."""

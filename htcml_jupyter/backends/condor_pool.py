@@ -13,6 +13,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..engine.store import MapStore
+from .bindings import condor_arguments, condor_environment
+from .protocol import WatcherJob
+
+#: The job attribute that names the map a watcher job watches.
+WATCHER_ATTRIBUTE = "HtcmlWatcherOf"
+
 #: The submit side's filesystem domain (None when unknown) and each execute machine's.
 Domains = tuple[str | None, list[str]]
 
@@ -90,3 +97,27 @@ def submit_dag(htcondor2: Any, schedd: Any, dag_file: Path) -> int:
     sub["getenv"] = ",".join(names)
     sub["initialdir"] = str(folder)
     return int(schedd.submit(sub).cluster())
+
+
+def watcher_description(store: MapStore, job: WatcherJob) -> dict[str, str]:
+    """The submit commands of ``job``, the watcher of ``store``'s sweep (a pure
+    function): a local-universe job in the map's folder, its output in ``logs/``.
+
+    The job gets only ``job.environment``: not ``CONDOR_CONFIG``, which names a file of
+    this process's machine; the watcher uses the configuration of the host that runs it.
+    """
+    return {
+        "universe": "local",
+        "executable": job.executable,
+        "arguments": condor_arguments(list(job.arguments)),
+        "initialdir": str(store.path),
+        "output": "logs/watcher.out",
+        "error": "logs/watcher.err",
+        "log": "logs/watcher.log",
+        "environment": condor_environment(job.environment),
+        # one that cannot start (no such interpreter on that host) leaves the queue; the
+        # kernel's watcher takes over once its record falls silent
+        "periodic_remove": "JobStatus == 5",
+        "batch_name": f"{store.name}-watcher",
+        f"My.{WATCHER_ATTRIBUTE}": f'"{store.name}"',
+    }

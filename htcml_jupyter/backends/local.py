@@ -29,6 +29,7 @@ from ..engine.options import SubmitOptions
 from ..engine.state import EventKind, TaskEvent, TaskTable
 from ..engine.store import MapStore
 from ..jobside import calls, job, runner, wire
+from .protocol import WatcherJob
 from .resources import PoolResources, local_resources
 
 EVENTS = "local-events.jsonl"
@@ -130,7 +131,7 @@ class LocalBackend:
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends
         return -submission
 
-    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
+    def submit_watcher(self, store: MapStore, job: WatcherJob) -> int:
         raise HTCMLError("a sweep's watcher job needs an HTCondor pool; local processes "
                          "end with this one (watcher='kernel' watches from here)")
 

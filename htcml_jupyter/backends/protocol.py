@@ -7,6 +7,7 @@ never probes a backend for optional methods: every operation is declared here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,17 @@ from ..engine.options import SubmitOptions
 from ..engine.state import TaskEvent, TaskTable
 from ..engine.store import MapStore
 from .resources import PoolResources
+
+
+@dataclass(frozen=True)
+class WatcherJob:
+    """What a sweep's watcher runs: project code on the submit host, beside the sweep's
+    trials, in the sweep's map folder, with this environment and no other (never this
+    process's ``CONDOR_CONFIG``).  The backend writes it as a job."""
+
+    executable: str
+    arguments: tuple[str, ...]
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 class EventReader(Protocol):
@@ -69,9 +81,9 @@ class Backend(Protocol):
         cluster id (local submissions use negative ids)."""
         ...
 
-    def submit_watcher(self, store: MapStore, commands: dict[str, str]) -> int:
-        """Queue the watcher job of the sweep in ``store`` (its submit ``commands``);
-        returns its cluster id.  Only where :attr:`can_run_watcher`."""
+    def submit_watcher(self, store: MapStore, job: WatcherJob) -> int:
+        """Queue ``job``, the watcher of the sweep in ``store``; returns its cluster id.
+        Only where :attr:`can_run_watcher`."""
         ...
 
     def token_directory(self) -> str | None:

@@ -289,15 +289,12 @@ class TorchrunRun:
 
     def queued_jobs(self) -> list[str]:
         """Ids of the run's jobs still in the schedd's queue (asks the schedd)."""
-        from ..backends.bindings import call_with_pool
+        from ..backends.condor import CondorBackend
 
-        cluster = self.cluster
-        if cluster is None:
+        cluster, backend = self.cluster, self.map.backend
+        if cluster is None or not isinstance(backend, CondorBackend):
             return []
-        config = getattr(self.map.backend, "config", None)
-        ads = call_with_pool(config, lambda htcondor2: htcondor2.Schedd().query(
-            f"ClusterId == {cluster}", ["ClusterId", "ProcId"]))
-        return [f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads]
+        return backend.queued_jobs(self.map.store, cluster)
 
     # ------------------------------------------------------------------ actions
     def cancel(self) -> None:

@@ -22,6 +22,7 @@ from ..engine.mapping import Map
 from ..engine.options import OptionError, SubmitOptions
 from ..engine.payload import code_locations
 from ..engine.store import MapStore
+from ..engine.submission import submits_for_job_user
 from ..environment.launch import JobLaunch
 from ..jobside import torchrun_launch, torchrun_relay, torchrun_worker
 from ..jobside.torchrun_relay import RELAY_DIR
@@ -91,8 +92,8 @@ class TorchrunBackend(CondorBackend):
                batch_name: str) -> int:
         relay = store.path / RELAY_DIR  # the nodes' chirp files land here
         relay.mkdir(mode=0o700, exist_ok=True)
-        uid = self.job_uid
-        if uid is not None and os.geteuid() == 0 and uid != 0:
+        uid = submits_for_job_user(self)
+        if uid is not None:
             os.chown(relay, uid, -1, follow_symlinks=False)
         return super().submit(store, tasks, options, batch_name)
 
@@ -104,7 +105,7 @@ def create_run(function: Callable[..., Any], *, shape: RunShape, kwargs: dict[st
     if not callable(function):
         raise TypeError(f"the function to run must be callable, not "
                         f"{type(function).__name__}")
-    if backend.kind != "condor":
+    if not isinstance(backend, CondorBackend):
         raise OptionError("htc.torchrun needs an HTCondor pool (its nodes meet through "
                           "chirp); start one with `htcml pool up` or pass pool=")
     if "chunksize" in options:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.bindings import condor_arguments, condor_environment
+from ..backends.protocol import WatcherJob
 from ..engine import folder_files
 from ..engine.store import MapStore
 from ..engine.submission import submits_for_job_user
@@ -25,8 +25,6 @@ from ..engine.submission import submits_for_job_user
 if TYPE_CHECKING:
     from ..backends.protocol import Backend
 
-#: The job attribute that names the map a watcher job watches.
-WATCHER_ATTRIBUTE = "HtcmlWatcherOf"
 #: The watcher's record in the map folder: ``state`` (submitted, watching, finished,
 #: failed), ``job``, ``submitted``, ``heartbeat``, ``aborted``, ``errors``, ``error``.
 WATCHER_FILE = "watcher.json"
@@ -78,36 +76,21 @@ def package_parent() -> str:
     return str(Path(__file__).resolve().parent.parent.parent)
 
 
-def watcher_description(store: MapStore, *, python: str | None = None,
-                        token_directory: str | None = None) -> dict[str, str]:
-    """The submit commands of the watcher of ``store``'s sweep (a pure function).
-
-    The job gets none of this process's environment: not ``CONDOR_CONFIG``, which names
-    a file of this process's machine; the watcher uses the configuration of the host
-    that runs it, and ``token_directory`` (when given) for its IDTOKENS.
-    """
+def watcher_job(*, python: str | None = None,
+                token_directory: str | None = None) -> WatcherJob:
+    """What the watcher of a sweep runs: ``python -m htcml_jupyter.workflows.watch .``
+    in the sweep's folder, with this very package (``PYTHONPATH``), and
+    ``token_directory`` (when given) for its IDTOKENS.  The backend writes it as a job
+    (a local-universe job on an HTCondor pool)."""
     environment = {"PYTHONPATH": package_parent(), "PYTHONUNBUFFERED": "1",
                    "PYTHONDONTWRITEBYTECODE": "1"}
     if token_directory is not None:
         environment["_CONDOR_SEC_TOKEN_DIRECTORY"] = token_directory
-    return {
-        "universe": "local",
-        "executable": python or sys.executable,
-        # it runs in the map folder, which the job user can write: with -P (-I before
-        # Python 3.11) nothing planted there can shadow the standard library
-        "arguments": condor_arguments([*isolated_python_flags(package_parent()),
-                                       "htcml_jupyter.workflows.watch", "."]),
-        "initialdir": str(store.path),
-        "output": "logs/watcher.out",
-        "error": "logs/watcher.err",
-        "log": "logs/watcher.log",
-        "environment": condor_environment(environment),
-        # one that cannot start (no such interpreter on that host) leaves the queue; the
-        # kernel's watcher takes over once the record is WATCHER_SILENT_AFTER old
-        "periodic_remove": "JobStatus == 5",
-        "batch_name": f"{store.name}-watcher",
-        f"My.{WATCHER_ATTRIBUTE}": f'"{store.name}"',
-    }
+    # it runs in the map folder, which the job user can write: with -P (-I before
+    # Python 3.11) nothing planted there can shadow the standard library
+    return WatcherJob(python or sys.executable,
+                      (*isolated_python_flags(package_parent()),
+                       "htcml_jupyter.workflows.watch", "."), environment)
 
 
 def hand_over_tokens(store: MapStore, source: str | None) -> str | None:
@@ -135,18 +118,18 @@ def submit_watcher(store: MapStore, backend: Backend) -> str | None:
     uid = submits_for_job_user(backend)
     write_record(store, {"state": "submitted", "submitted": time.time(), "job": None})
     tokens = hand_over_tokens(store, backend.token_directory()) if uid is not None else None
-    commands = watcher_description(store, token_directory=tokens)
+    job = watcher_job(token_directory=tokens)
     if uid is not None:
         store.chown(uid)  # the watcher runs as the pool's job user and writes here
     try:
-        cluster = backend.submit_watcher(store, commands)
+        cluster = backend.submit_watcher(store, job)
     except Exception as exc:
         write_record(store, {"state": "failed", "submitted": time.time(), "job": None,
                              "error": f"submitting the watcher failed: {exc}"})
         warnings.warn(f"the sweep's pool-side watcher could not be submitted ({exc}); "
                       f"its policy is applied from this process only", stacklevel=4)
         return None
-    job = f"{cluster}.0"
+    job_id = f"{cluster}.0"
     if watcher_record(store).get("state") == "submitted":  # unless it already reported
-        write_record(store, {"state": "submitted", "submitted": time.time(), "job": job})
-    return job
+        write_record(store, {"state": "submitted", "submitted": time.time(), "job": job_id})
+    return job_id
