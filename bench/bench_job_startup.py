@@ -1,7 +1,7 @@
 """Start-up cost of a trivial job on the execute side: the job runner in a fresh sandbox.
 
-Runs ``python runner.py function.pkl task-0.pkl outcome.pkl`` for a one-item job (the
-function returns its input) in a folder holding only the shipped job-side files, as
+Runs ``python jobside.pyz function.pkl task-0.pkl outcome.pkl`` for a one-item job (the
+function returns its input) in a folder holding only the shipped job-side archive, as
 HTCondor's sandbox would, and compares it with the baseline every job pays anyway: a
 fresh interpreter that imports cloudpickle.  Both are measured alternately in the same
 run; the figures are medians.
@@ -12,7 +12,6 @@ run; the figures are medians.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from htcml_jupyter.backends.submit_description import job_side_files
 from htcml_jupyter.engine.payload import dump_function, dump_items
+from htcml_jupyter.jobside.archive import ARCHIVE_NAME, archive_bytes
 
 
 def identity(x: int) -> int:
@@ -41,11 +40,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sandbox = Path(tmp)
-        for path in job_side_files():
-            shutil.copy(path, sandbox / Path(path).name)
+        (sandbox / ARCHIVE_NAME).write_bytes(archive_bytes())
         dump_function(identity, {}, sandbox / "function.pkl")
         dump_items([(0, 7)], sandbox / "task-0.pkl")
-        runner = [sys.executable, "runner.py", "function.pkl", "task-0.pkl", "outcome.pkl"]
+        runner = [sys.executable, ARCHIVE_NAME, "function.pkl", "task-0.pkl", "outcome.pkl"]
         baseline = [sys.executable, "-c", "import cloudpickle"]
         for _ in range(3):  # warm the page cache
             _time(runner, sandbox)

@@ -154,7 +154,7 @@ def starters_of(map_name: str) -> dict[int, str]:
     for starter in root_pids("condor_starter"):
         for child in _children(starter):
             try:
-                if b"runner.py" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"jobside.pyz" not in Path(f"/proc/{child}/cmdline").read_bytes():
                     continue  # still transferring files, or not a job of ours
                 sandbox = os.readlink(f"/proc/{child}/cwd")  # a path on this host
                 ad = Path(sandbox, ".job.ad").read_text()
