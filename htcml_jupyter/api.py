@@ -16,6 +16,7 @@ from .paths import default_map_root
 if TYPE_CHECKING:
     from .backends.resources import PoolResources
     from .engine.mapping import Chunksize, Map
+    from .multinode.run import TorchrunRun
     from .training.sweeps import Sweep
 
 def map(
@@ -88,26 +89,45 @@ def map(
                       batch_size=batch_size)
 
 
-def attach(name: str, root: str | Path | None = None, watch: bool = True) -> Map:
+def attach(name: str, root: str | Path | None = None,
+           watch: bool = True) -> Map | TorchrunRun:
     """The map called ``name``, rebuilt from its folder (in any process, at any time).
 
-    A sweep comes back as a :class:`Sweep`: its early-abort watcher resumes, unless
-    ``watch=False`` (progress only: the sweep's policy is then never unpickled)."""
-    from .backends.pools import backend_from_meta
+    The handle is that of the map's kind (its record's ``kind``): a :class:`Map`; a
+    :class:`Sweep` for a sweep, whose early-abort watcher resumes unless ``watch=False``
+    (progress only: the sweep's policy is then never unpickled); a chain stage's map; a
+    :class:`~htcml_jupyter.multinode.TorchrunRun` for a torchrun run, whose nodes a retry
+    starts with the torchrun launcher again."""
+    m = attach_map(name, root, watch)
+    if m.store.read_record().kind == "torchrun":
+        from .multinode.run import TorchrunRun
+
+        return TorchrunRun(m)
+    return m
+
+
+def attach_map(name: str, root: str | Path | None = None, watch: bool = True) -> Map:
+    """The map called ``name`` as a :class:`Map` of its kind (a torchrun run: the map of
+    its nodes, on the run's backend); :func:`attach` without the run's handle."""
+    from .backends.pools import backend_from_record
     from .engine.mapping import Map
     from .engine.store import MapStore
 
     store = MapStore.open(Path(root) if root is not None else default_map_root(), name)
-    meta = store.read_meta()
-    backend = backend_from_meta(meta.get("pool"))
-    if "workflow" in meta:
+    record = store.read_record()
+    backend = backend_from_record(record)
+    if record.kind == "stage":
         from .workflows.node import StageMap
 
         return StageMap(store, backend)
-    if "sweep" in meta:
+    if record.kind == "sweep":
         from .training.adaptive import open_sweep
 
         return open_sweep(store, backend, watch=watch)
+    if record.kind == "torchrun":
+        from .multinode.run import run_map
+
+        return run_map(store, backend)
     return Map(store, backend)
 
 
@@ -259,12 +279,9 @@ def list_maps(root: str | Path | None = None) -> list[MapInfo]:
 def _map_info(store: Any) -> MapInfo:
     """The listing entry of one map folder; never raises."""
     try:
-        meta = store.read_meta()
-        pool = meta.get("pool")
-        return MapInfo(store.name, str(meta.get("function", "?")),
-                       int(meta.get("n_items") or 0), float(meta.get("created") or 0),
-                       str(pool.get("description", "?") if isinstance(pool, dict) else "?"),
-                       store.path)
+        record = store.read_record()
+        return MapInfo(store.name, record.function, record.n_items, record.created,
+                       record.pool_description, store.path)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         try:
             created = store.path.lstat().st_mtime

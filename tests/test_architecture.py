@@ -97,9 +97,6 @@ ALLOWED: tuple[Allowed, ...] = (
     Allowed("multinode.run", "TorchrunRun.panel", "views.torchrun_panel",
             "TorchrunRun.panel() builds its panel on request"),
     # Being removed: the backend protocol becomes the only seam to a pool.
-    Allowed("multinode", "attach_run", "api",
-            "htc.attach_run is htc.attach narrowed to runs; api.attach returning a run "
-            "would make it a cycle", being_removed=True),
 )
 
 # --------------------------------------------------------------------------- the rules

@@ -100,6 +100,7 @@ def test_damaged_outcome_files_fail_only_their_items(finished_root: Path) -> Non
     corrupted.write_bytes(os.urandom(max(len(corrupted.read_bytes()), 64)))
 
     m = htc.attach("damaged", root=finished_root)
+    assert isinstance(m, Map)
     assert m.status() == {**ALL_DONE, "done": 2, "failed": 2}
     results = m.results(errors="return", timeout=30)
     assert results[2:] == [4, 9]
@@ -334,6 +335,7 @@ def test_submitting_process_killed_before_the_schedd_took_the_jobs(pool: str,
     assert not _queue(pool, 'HtcmlMap == "never-queued"', ["ClusterId"])
 
     m = htc.attach("never-queued", root=map_root)
+    assert isinstance(m, Map)
     m.refresh()  # the first refresh settles what the dead process left
     assert not m.store.pending_submissions() and m.clusters == []
     assert m.wait(timeout=10), m.status()

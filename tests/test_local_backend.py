@@ -20,6 +20,7 @@ def test_local_map_results_errors_and_attach(map_root: Path) -> None:
     assert sorted(m.errors) == [0, 3, 6]
     assert "no multiples of three" in m.errors[3].traceback_text
     again = htc.attach(m.name, root=map_root)
+    assert isinstance(again, htc.Map)
     assert again.results(errors="return")[1] == 101
     assert again.status()["done"] == 5
 

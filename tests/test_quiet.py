@@ -39,6 +39,7 @@ def test_a_successful_map_writes_nothing_to_stderr(
     assert [r.levelno for r in logged] == [logging.INFO]
     assert logged[0].getMessage().startswith(expected)
     [m] = [htc.attach(info.name) for info in htc.list_maps()]
+    assert isinstance(m, htc.Map)
     [line] = m.notes()
     assert expected in line and line == read_notes(m.store.path)[0]
     panel = MapPanel(m, start=False)

@@ -111,7 +111,7 @@ def test_root_follows_no_link_the_job_user_planted(store: MapStore,
     # A record that is replaced as a whole replaces the link itself.
     store.write_meta({"name": "m", "n_items": 2})
     assert not (store.path / "map.json").is_symlink()
-    assert store.read_meta() == {"name": "m", "n_items": 2}
+    assert (store.read_record().name, store.read_record().n_items) == ("m", 2)
     write_record(store, {"state": "submitted"})
     assert watcher_record(store) == {"state": "submitted"}
     # A folder that is a link is neither written into nor read from.
@@ -213,4 +213,4 @@ def test_records_and_folders_of_a_workflow_are_private(map_root: Path) -> None:
               for rel in ("map.json", "function.pkl", "inputs/task-0.pkl", "inputs", ".")}
     assert owners == {"map.json": 0, "function.pkl": 0, "inputs/task-0.pkl": 0,
                       "inputs": POOL_UID, ".": POOL_UID}
-    assert json.loads((made.path / "map.json").read_text()) == {"name": "w"}
+    assert json.loads((made.path / "map.json").read_text())["name"] == "w"

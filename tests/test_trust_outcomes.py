@@ -71,6 +71,7 @@ def test_reading_state_never_unpickles_what_jobs_wrote(pool_env: str,
     for name in (m.name, s.name):
         assert htc.attach(name, root=map_root).status()["done"] >= 1
         observed = htc.attach(name, root=map_root, watch=False)
+        assert isinstance(observed, htc.Map)
         counts = observed.status()
         observed.item_states()
         panel = snapshot(observed)  # what the panel draws, failed items' errors included
@@ -90,6 +91,7 @@ def test_reading_state_never_unpickles_what_jobs_wrote(pool_env: str,
                       "removed": 0}
     assert [p.item for p in panel.problems] == [0]
     again = htc.attach(m.name, root=map_root, watch=False)
+    assert isinstance(again, htc.Map)
     assert again.status() == {"idle": 0, "running": 0, "done": 4, "failed": 2, "held": 0,
                               "removed": 0}
     assert "earlier, pickled format" in str(again.error(0))

@@ -299,6 +299,7 @@ def test_a_failed_item_stops_the_chain_at_its_stage(pool_env: str, map_root: Pat
     [first] = wf.finished_stages()
     assert first["ok"] is False and first["failed"] == [2]
     halved = htc.attach(wf.stage_names[0], root=map_root)
+    assert isinstance(halved, htc.Map)
     errors = halved.results(errors="return")
     assert errors[:2] == [0.5, 1.0] and "three cannot be halved" in str(errors[2])
     assert htc.attach(wf.stage_names[1], root=map_root).clusters == []  # never queued

@@ -231,7 +231,7 @@ def _keep_output_files(folder: Path, store: MapStore, task: int) -> None:
     """Move what the job wrote under output_dir() to where HTCondor would put it."""
     if not folder.is_dir() or not any(folder.iterdir()):
         return
-    destination = store.read_meta()["options"].get("output_destination")
+    destination = store.read_record().options.output_destination
     if destination and "://" in str(destination):
         return  # URL destinations need HTCondor's transfer plugins
     target = (Path(destination) / f"task-{task}" if destination

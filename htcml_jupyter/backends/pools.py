@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import devpool
 from ..engine.errors import PoolUnavailable
+from ..engine.record import TORCHRUN_LAUNCHER, MapRecord
 from .condor import CondorBackend
 from .local import LocalBackend
 from .protocol import Backend
@@ -215,3 +216,24 @@ def backend_from_meta(pool: Any) -> Backend:
     return CondorBackend(config, description=description,
                          shared_paths=[str(p) for p in shared] if isinstance(shared, list)
                          else None)
+
+
+def backend_from_record(record: MapRecord) -> Backend:
+    """Rebuild the backend of the map whose record is ``record`` (its backend spec).
+
+    The pool comes from :func:`backend_from_meta`.  A spec that names a launcher
+    (``"torchrun"``: the nodes of a run) gives that pool's backend here; the run's own
+    code puts the launcher in front (:func:`htcml_jupyter.multinode.run.run_map`, used by
+    :func:`htcml_jupyter.attach`), as the layers go from ``multinode`` to ``backends``.
+    A launcher this version does not know is :class:`PoolUnavailable`: its jobs must
+    not be queued again without it.
+    """
+    launcher = record.launcher
+    if launcher not in (None, TORCHRUN_LAUNCHER):
+        raise PoolUnavailable(f"the map {record.name!r} starts its jobs with the launcher "
+                              f"{launcher!r}, which this htcml_jupyter does not know: "
+                              f"upgrade htcml_jupyter to act on it")
+    if launcher == TORCHRUN_LAUNCHER and record.torchrun is None:
+        raise PoolUnavailable(f"the map {record.name!r} is a torchrun run whose record "
+                              f"has no shape (nodes, processes per node)")
+    return backend_from_meta(record.backend or None)  # {}: the record names no pool

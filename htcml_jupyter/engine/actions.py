@@ -125,13 +125,13 @@ class MapActions:
         with submission_lock(self.store):
             follow_new_items()
             with table.lock:
-                meta = self.store.read_meta()
-                first = max(int(meta["n_items"]), table.n_items)
+                record = self.store.read_record()
+                first = max(record.n_items, table.n_items)
                 indexes = list(range(first, first + len(arguments)))
-                meta["n_items"] = first + len(arguments)
-                self.store.write_meta(meta)
-                self.meta["n_items"] = meta["n_items"]
-                table.grow(meta["n_items"])
+                n_items = first + len(arguments)
+                self.store.write_record(record.replace(n_items=n_items))
+                self.meta["n_items"] = n_items
+                table.grow(n_items)
                 tasks = write_tasks(self.store, dict(zip(indexes, arguments, strict=True)),
                                     indexes, 1, first_task=table.next_task_id())
                 table.add_tasks(tasks)
@@ -143,7 +143,7 @@ class MapActions:
     def follow_new_items(self) -> None:
         """Follow the jobs and items another process added: jobs first, then the count."""
         self.table.load_new_tasks()
-        self.table.grow(int(self.store.read_meta()["n_items"]))
+        self.table.grow(self.store.read_record().n_items)
 
     def _resubmit(self, again: list[int], states: list[ItemState]) -> None:
         with self.table.lock:

@@ -46,7 +46,10 @@ class Map:
     def __init__(self, store: MapStore, backend: Backend):
         self.store = store
         self.backend = backend
-        meta = self.meta = store.read_meta()
+        #: The map's record (``map.json``) as read when the handle was made: its kind,
+        #: options, backend spec, and a sweep's, stage's or run's own part.
+        self.record = store.read_record()
+        meta = self.meta = self.record.to_json()
         self.options = SubmitOptions.from_record(meta["options"])
         #: Its table, reader of outcomes and actions (:class:`~.parts.MapParts`).
         self.parts = MapParts.build(store, backend, meta, self.options)
@@ -82,8 +85,7 @@ class Map:
         first jobs that finished); empty until the first submission chose it (and for
         local processes)."""
         if not self._environment:  # chosen once per map: read until it is there
-            record = self.store.read_meta().get("environment")
-            self._environment = dict(record) if isinstance(record, dict) else {}
+            self._environment = dict(self.store.read_record().environment or {})
         if self._environment.get("kind") in ("pack", "archive"):
             from .costs import SAMPLED_JOBS, job_start_seconds, summarize
 

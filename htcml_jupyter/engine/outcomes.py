@@ -228,8 +228,8 @@ class OutcomeReader:
     def _packing_hint(self, message: str) -> str:
         """How to get a module the packed environment left out into the jobs."""
         if self._packed is None:  # read once: every failed item may ask
-            record = self.store.read_meta().get("environment")
-            self._packed = isinstance(record, dict) and record.get("kind") == "pack"
+            environment = self.store.read_record().environment or {}
+            self._packed = environment.get("kind") == "pack"
         if not self._packed:
             return ""
         match = re.search(r"No module named '([\w.]+)'", message)

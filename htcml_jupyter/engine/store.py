@@ -2,7 +2,8 @@
 
 Layout of ``<root>/<name>/`` (mode 0700)::
 
-    map.json            name, backend, pool, options, item count, creation time
+    map.json            the map's record (:class:`~.record.MapRecord`): schema, kind,
+                        name, backend, options, item count, creation time
     function.pkl        the cloudpickled (function, kwargs), written once
     tasks.jsonl         one line per job ever created: {"task", "items"}, or
                         {"task", "first", "count"} for a run of items; "files": the
@@ -38,6 +39,7 @@ from typing import Any
 from ..jobside.archive import ARCHIVE_NAME, archive_bytes
 from . import folder_files
 from .errors import MapNotFound
+from .record import MapRecord, RecordError
 
 #: The files of a map folder that root keeps as its own when it gives the folder to the
 #: pool's job user (relative paths, or their beginnings).
@@ -94,8 +96,11 @@ class MapStore:
         return self.path.name
 
     @classmethod
-    def create(cls, root: Path, name: str, meta: dict[str, Any],
+    def create(cls, root: Path, name: str, meta: MapRecord | dict[str, Any],
                owner_uid: int | None = None) -> MapStore:
+        """Make the folder of a new map ``name`` under ``root`` with its record ``meta``
+        (a :class:`MapRecord`, or its JSON object: written in the current schema, the
+        fields it leaves out with their defaults)."""
         check_map_name(name)
         root.mkdir(parents=True, exist_ok=True)
         path = root / name
@@ -107,7 +112,8 @@ class MapStore:
         for sub in ("inputs", "outputs", "logs"):
             (path / sub).mkdir(mode=0o700)
         store = cls(path)
-        store.write_meta(meta)
+        store.write_record(meta if isinstance(meta, MapRecord)
+                           else MapRecord.from_json(meta, complete=True))
         if owner_uid is not None:
             store.chown(owner_uid, root)
         return store
@@ -143,18 +149,30 @@ class MapStore:
                     continue
                 os.chown(path, uid, -1, follow_symlinks=False)
 
-    # metadata ------------------------------------------------------------
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        """Replace ``map.json`` atomically."""
+    # the record ------------------------------------------------------------
+    def read_record(self) -> MapRecord:
+        """The map's record, ``map.json``, of any schema this version reads;
+        :class:`RecordError` (a ``ValueError``) says what is wrong when it cannot."""
+        return MapRecord.from_json(self.read_meta())
+
+    def write_record(self, record: MapRecord) -> None:
+        """Replace ``map.json`` atomically with ``record``, in the current schema."""
         folder_files.write_atomic(self.path, "map.json",
-                                  json.dumps(meta, indent=1, default=str).encode())
+                                  json.dumps(record.to_json(), indent=1, default=str).encode())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Replace ``map.json`` atomically with the record's JSON object ``meta`` (checked
+        and written in the current schema, as :meth:`write_record`; the fields it leaves
+        out take their defaults)."""
+        self.write_record(MapRecord.from_json(meta, complete=True))
 
     def read_meta(self) -> dict[str, Any]:
-        """The map's record, ``map.json``; ``ValueError`` when it is not a JSON object."""
+        """``map.json`` as raw JSON (what :meth:`read_record` reads); ``ValueError``
+        when it is not a JSON object."""
         meta = json.loads(folder_files.read_bytes(self.path, "map.json"))
         if not isinstance(meta, dict):
-            raise ValueError(f"{self.path / 'map.json'} holds a JSON {type(meta).__name__}, "
-                             f"not the map's record")
+            raise RecordError(f"{self.path / 'map.json'} holds a JSON "
+                              f"{type(meta).__name__}, not the map's record")
         return meta
 
     def write_file(self, rel: str, data: bytes, mode: int = 0o644) -> None:

@@ -208,8 +208,7 @@ def job_launch(store: MapStore, options: SubmitOptions, backend: PoolFacts) -> J
     JobLaunch
         What the submit description runs.
     """
-    meta = store.read_meta()
-    record = meta.get("environment")
+    record = store.read_record().environment
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         decision = decide(options, backend.filesystem_domains)
         _say(f"environment: {decision.kind} ({decision.reason})")
@@ -217,9 +216,7 @@ def job_launch(store: MapStore, options: SubmitOptions, backend: PoolFacts) -> J
         record = _record(decision, store, options, common)
     else:  # a later submission (a retry, from any process) runs what the map recorded
         return _launch(_still_there(record), options)
-    meta = store.read_meta()
-    meta["environment"] = record
-    store.write_meta(meta)
+    store.write_record(store.read_record().replace(environment=record))
     jobs = sum(1 for _ in store.tasks())
     warn_if_costly(record, jobs)
     return _launch(record, options)

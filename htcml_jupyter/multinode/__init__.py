@@ -97,11 +97,14 @@ def torchrun(
 
 def attach_run(name: str, root: str | Path | None = None) -> TorchrunRun:
     """The run called ``name``, rebuilt from its folder (any process, any time)."""
-    from ..api import attach
+    from ..backends.pools import backend_from_record
     from ..engine.errors import MapNotFound
-    from ..engine.mapping import Map
+    from ..engine.store import MapStore
+    from .run import run_map
 
-    m = attach(name, root)
-    if not isinstance(m, Map) or "torchrun" not in m.meta:
-        raise MapNotFound(f"{name!r} is a map, not a torchrun run; use htc.attach({name!r})")
-    return TorchrunRun(m)
+    store = MapStore.open(Path(root) if root is not None else default_map_root(), name)
+    record = store.read_record()
+    if record.kind != "torchrun":
+        raise MapNotFound(f"{name!r} is a {record.kind}, not a torchrun run; use "
+                          f"htc.attach({name!r})")
+    return TorchrunRun(run_map(store, backend_from_record(record)))

@@ -11,15 +11,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine.errors import HTCMLError, RemoteError, WaitTimeout
+from ..backends.condor import CondorBackend
+from ..engine.errors import HTCMLError, MapNotFound, PoolUnavailable, RemoteError, WaitTimeout
 from ..engine.mapping import Map
 from ..engine.state import ItemState, TaskPhase, TaskStatus
+from ..engine.store import MapStore
 from ..jobside.torchrun_launch import RANK_STOPPED
 from ..jobside.torchrun_relay import contact_name, node_name
 from ..jobside.wire import JOB_LOST, decode_outcome
-from .submit import RunShape
+from .submit import RunShape, TorchrunBackend
+
+if TYPE_CHECKING:
+    from ..backends.protocol import Backend
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,20 @@ class RankInfo:
     assigned_gpus: str | None
 
 
+def run_map(store: MapStore, backend: Backend) -> Map:
+    """The map of the run in ``store``, whose jobs start as its nodes: ``backend`` (the
+    pool its record names) with the torchrun launcher in front, so a retry queues nodes,
+    not plain map jobs."""
+    part = store.read_record().torchrun
+    if part is None:
+        raise MapNotFound(f"{store.name!r} is a map, not a torchrun run")
+    if not isinstance(backend, CondorBackend):
+        raise PoolUnavailable(f"the run {store.name!r} names {backend.description}, not an "
+                              f"HTCondor pool")
+    shape = RunShape(part.nodes, part.procs_per_node, part.join_timeout)
+    return Map(store, TorchrunBackend(backend, shape))
+
+
 class TorchrunError(HTCMLError):
     """A run failed: ``cause`` is the first failing rank's error (remote traceback
     included), ``rank`` that rank (None when no rank ran), ``errors`` every rank's."""
@@ -93,9 +112,26 @@ class TorchrunRun:
     """
 
     def __init__(self, m: Map):
+        part = m.store.read_record().torchrun
+        if part is None:
+            raise MapNotFound(f"{m.name!r} is a map, not a torchrun run; use "
+                              f"htc.attach({m.name!r})")
         self.map = m
-        self.shape = RunShape(**m.meta["torchrun"])
+        self.shape = RunShape(part.nodes, part.procs_per_node, part.join_timeout)
         self._stopped: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """What the run has as a map (per item, one item per process): ``retry()``,
+        ``usage()``, ``clusters``, ``item_states()``, ``options``..."""
+        if name == "map":  # not set yet (a copy being built): never look it up in itself
+            raise AttributeError(name)
+        return getattr(self.map, name)
+
+    def __enter__(self) -> TorchrunRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ basics
     @property

@@ -1,11 +1,13 @@
 """The maps under one user's map root, as the JupyterLab sidebar shows them.
 
 :class:`MapCatalog` lists the maps with :func:`htcml_jupyter.api.list_maps`, follows
-each through a map attached once with :func:`htcml_jupyter.api.attach` (re-attached
+each through a map attached once with :func:`htcml_jupyter.api.attach_map` (re-attached
 when another process adds jobs to it, e.g. a retry), and cancels or retries a map
-through a fresh ``attach(name)``.  It reads nothing outside its root: a name is checked
-like every map name (:func:`~htcml_jupyter.engine.store.check_map_name`), and an entry
-that is a symbolic link, or that resolves outside the root, is neither listed nor acted on.
+through a fresh ``attach_map(name)`` (the map on the backend its record names: a
+torchrun run's nodes are queued again with their launcher).  It reads nothing outside
+its root: a name is checked like every map name
+(:func:`~htcml_jupyter.engine.store.check_map_name`), and an entry that is a symbolic
+link, or that resolves outside the root, is neither listed nor acted on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api import MapInfo, attach, list_maps
+from ..api import MapInfo, attach_map, list_maps
 from ..engine.errors import HTCMLError, MapNotFound
 from ..engine.mapping import Map
 from ..engine.state import ItemState
@@ -149,7 +151,7 @@ class MapCatalog:
             held = self._attached.get(info.name)
             if held is not None and held.signature == signature:
                 return held.map
-        fresh = _observe_only(attach(info.name, self.root))
+        fresh = _observe_only(attach_map(info.name, self.root))
         with self._lock:
             old = self._attached.pop(info.name, None)
             self._attached[info.name] = _Attached(fresh, signature)
@@ -185,7 +187,7 @@ class MapCatalog:
         if submitting(self.folder_of(name)):
             raise MapBusy(f"the jobs of {name!r} are being submitted by another process; "
                           f"try again once they are queued")
-        m = _observe_only(attach(name, self.root))
+        m = _observe_only(attach_map(name, self.root))
         try:
             action(m)
             info = next((i for i in list_maps(self.root) if i.name == name), None)

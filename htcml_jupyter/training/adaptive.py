@@ -76,7 +76,7 @@ class AdaptiveSweep(Sweep):
         self._search: Any = None
         self._space: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         super().__init__(store, backend, watch=False)
-        info = self.meta["sweep"]["adaptive"]
+        info = self.record.adaptive or {}
         self.n_trials = int(info["n_trials"])
         self.max_concurrent = int(info["max_concurrent"])
         self.params = []
@@ -143,7 +143,7 @@ class AdaptiveSweep(Sweep):
                 self._search = optuna.load_study(
                     study_name=self.name, storage=journal_storage(self.store.path / STUDY_FILE),
                     sampler=sampler, pruner=pruner)
-                first = int(self.meta["sweep"]["adaptive"].get("first", 0))
+                first = int((self.record.adaptive or {}).get("first", 0))
                 if len(self._search.get_trials(deepcopy=False)) > first:
                     sampler.reseed_rng()
         return self._search
@@ -394,6 +394,6 @@ def _options(options: dict[str, Any]) -> Any:
 
 def open_sweep(store: MapStore, backend: Backend, watch: bool = True) -> Sweep:
     """The sweep in ``store``: an :class:`AdaptiveSweep` when it was made with a sampler."""
-    if "adaptive" in store.read_meta().get("sweep", {}):
+    if store.read_record().adaptive is not None:
         return AdaptiveSweep(store, backend, watch=watch)
     return Sweep(store, backend, watch=watch)

@@ -130,10 +130,10 @@ class Sweep(Map):
 
     def __init__(self, store: MapStore, backend: Backend, watch: bool = True):
         super().__init__(store, backend)
-        info = self.meta.get("sweep", {})
-        self.params: list[dict[str, Any]] = info.get("params", [])
-        self.metric: str | None = info.get("metric")
-        self.mode: Mode = info.get("mode", "min")
+        part = self.record.sweep
+        self.params: list[dict[str, Any]] = list(part.params) if part is not None else []
+        self.metric: str | None = part.metric if part is not None else None
+        self.mode: Mode = "max" if part is not None and part.mode == "max" else "min"
         self._policy: Policy | None = None
         self._policy_read = False
         self.watch_errors: list[str] = []

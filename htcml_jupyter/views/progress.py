@@ -99,7 +99,7 @@ def snapshot(m: Map) -> MapProgress:
     counts = {s: 0 for s in ItemState}
     for s in states:
         counts[s] += 1
-    created = float(m.meta.get("created", time.time()))
+    created = m.record.created or time.time()
     elapsed = time.time() - created
     # an adaptive sweep counts the trials it has yet to ask for: not finished before them
     total = max(len(states), int(getattr(m, "planned_items", 0)))

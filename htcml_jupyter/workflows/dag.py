@@ -21,7 +21,6 @@ from ..backends.condor import CondorBackend
 from ..engine.errors import HTCMLError, WaitTimeout
 from ..engine.folder_files import write_atomic as write_file
 from ..engine.mapping import Map
-from ..engine.options import SubmitOptions
 from ..engine.store import MapStore, check_map_name, new_map_name
 from ..engine.submission import submits_for_job_user
 from ..engine.usage import MapUsage
@@ -64,9 +63,9 @@ def _stage_submit(store: MapStore, backend: CondorBackend, folder: Path, index: 
     the workflow's folder (DAGMan submits from there)."""
     import htcondor2
 
-    options = SubmitOptions.from_record(store.read_meta()["options"])
-    commands = backend.job_description(store, options, store.name,
-                                       jobs=int(store.read_meta()["n_items"]))
+    record = store.read_record()
+    commands = backend.job_description(store, record.options, store.name,
+                                       jobs=record.n_items)
     files = store.task_files()
     rows = [f"{task} {''.join(f', {f}' for f in files.get(task, ()))}".rstrip() + "\n"
             for task, _ in store.tasks()]

@@ -54,7 +54,7 @@ def confirm_submissions(store: MapStore) -> list[int]:
                 clusters.append(int(event.cluster))
     finally:
         log.close()
-    n_items = int(store.read_meta()["n_items"])
+    n_items = store.read_record().n_items
     added = []
     with open(store.path / "submissions.jsonl", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two confirmations never add one cluster twice
@@ -86,7 +86,7 @@ def stage_map(folder: Path, index: int) -> StageMap:
     """The map of stage ``index`` of the workflow in ``folder``."""
     name = read_workflow(folder)["stages"][index]["map"]
     store = MapStore(folder.parent / name)
-    return StageMap(store, pool_backend(store.read_meta()["pool"]))
+    return StageMap(store, pool_backend(store.read_record().backend))
 
 
 def pre(folder: Path, index: int) -> int:

@@ -68,12 +68,13 @@ class SweepWatcher:
     def __init__(self, folder: Path, interval: float | None = None):
         self.store = MapStore(folder)
         self.job = own_job_id()
-        meta = self.store.read_meta()
-        if "sweep" not in meta:
-            raise ValueError(f"{folder} is a map, not a sweep: there is no policy to apply")
-        self.backend = pool_backend(meta["pool"])
+        record = self.store.read_record()
+        if record.sweep is None:
+            raise ValueError(f"{folder} is a {record.kind}, not a sweep: there is no policy "
+                             f"to apply")
+        self.backend = pool_backend(record.backend)
         self.sweep = open_sweep(self.store, self.backend, watch=False)
-        self.adaptive = "adaptive" in meta["sweep"]
+        self.adaptive = record.sweep.adaptive is not None
         if not self.adaptive and self.sweep.policy is None:
             raise ValueError(f"the sweep in {folder} has no early-abort policy")
         self.interval = self.sweep.watch_interval if interval is None else interval
