@@ -1,13 +1,14 @@
 """What the modules of a package import, read from their source with ``ast`` (nothing is
 imported), and the checks ``test_architecture.py`` applies to it: import cycles, the job
-side's standard-library rule, and the layers between subpackages."""
+side's standard-library rule, the layers between subpackages, and code outside the
+backends that reads a backend's pool configuration or kind."""
 
 from __future__ import annotations
 
 import ast
 import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -361,6 +362,93 @@ def guard_violations(found: list[Crossing], guarded: str, importers: tuple[str, 
             and not any(a.matches(c) for a in allowed)]
 
 
-def unused_allowances(found: list[Crossing], allowed: tuple[Allowed, ...]) -> list[Allowed]:
+def unused_allowances(found: Sequence[Crossing],
+                      allowed: tuple[Allowed, ...]) -> list[Allowed]:
     """The :class:`Allowed` entries that no import matches any more."""
     return [a for a in allowed if not any(a.matches(c) for c in found)]
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+class Reach(Crossing):
+    """Code reading what only a backend should know of itself: ``imported`` is what it
+    reads (``backend.config``, ``backend.kind``)."""
+
+    def __str__(self) -> str:
+        inside = f" (in {self.function})" if self.function else ""
+        return f"{self.path}:{self.line}{inside} reads {self.imported}"
+
+
+#: What a backend keeps to itself: its pool's configuration (``config``) and its
+#: ``kind`` tested against a name (callers ask the protocol what they need instead).
+BACKEND_PRIVATE = ("config", "kind")
+
+
+def _is_backend(node: ast.expr) -> bool:
+    """``backend``, ``self.backend``, ``m.backend``, ``self._backend``: by its name."""
+    last = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return isinstance(last, str) and last.lower().endswith("backend")
+
+
+class _ReachCollector(ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.scope: list[str] = []
+        self.depth = 0  # functions we are inside
+        self.found: list[tuple[str, str, int]] = []  # (function, what, line)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.depth += 1
+        self.visit_ClassDef(node)
+        self.depth -= 1
+
+    visit_FunctionDef = _function
+    visit_AsyncFunctionDef = _function
+
+    def visit_ClassDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+        self.scope.append(node.name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    def _add(self, what: str, line: int) -> None:
+        function = ".".join(self.scope) if self.depth else ""
+        self.found.append((function, f"backend.{what}", line))
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr == "config" and _is_backend(node.value):
+            self._add("config", node.lineno)
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if (isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2 and _is_backend(node.args[0])
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in BACKEND_PRIVATE):
+            self._add(str(node.args[1].value), node.lineno)
+        self.generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        sides = [node.left, *node.comparators]
+        if (any(isinstance(s, ast.Attribute) and s.attr == "kind" and _is_backend(s.value)
+                for s in sides)
+                and any(isinstance(s, ast.Constant) and isinstance(s.value, str)
+                        for s in sides)):
+            self._add("kind", node.lineno)
+        self.generic_visit(node)
+
+
+def backend_reaches(modules: dict[str, Module], inside: str) -> list[Reach]:
+    """Where code outside the part ``inside`` (the backends) reads a backend's
+    :data:`BACKEND_PRIVATE` attributes, named relative to the package."""
+    found: list[Reach] = []
+    for name, module in sorted(modules.items()):
+        top = name.split(".")[0]
+        relative = name[len(top) + 1:]
+        if part_of(relative) == inside:
+            continue
+        collector = _ReachCollector()
+        collector.visit(ast.parse(module.path.read_text(), filename=str(module.path)))
+        path = str(module.path.relative_to(modules[top].path.parent.parent))
+        found.extend(Reach(relative, what, function, path, line)
+                     for function, what, line in collector.found)
+    return found

@@ -12,10 +12,14 @@
   a function counts like any other (moving an import into a function to dodge a cycle
   does not make the layers any cleaner); the few kept exceptions are :data:`ALLOWED`,
   each with its reason.
+* The backend protocol is the only seam to a pool: outside ``backends/`` no code reads
+  a backend's pool configuration (``backend.config``) or tests its ``kind`` against a
+  name (kept exceptions: :data:`ALLOWED_REACHES`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,7 @@ from .import_scan import (
     Allowed,
     Crossing,
     Module,
+    backend_reaches,
     crossings,
     describe_cycle,
     find_cycles,
@@ -96,8 +101,12 @@ ALLOWED: tuple[Allowed, ...] = (
             "Sweep.panel() builds its panel on request"),
     Allowed("multinode.run", "TorchrunRun.panel", "views.torchrun_panel",
             "TorchrunRun.panel() builds its panel on request"),
-    # Being removed: the backend protocol becomes the only seam to a pool.
 )
+
+#: Places outside ``backends/`` that read a backend's configuration or kind, kept (none:
+#: a caller asks the protocol, e.g. ``filesystem_domains()``, ``can_run_watcher``).
+ALLOWED_REACHES: tuple[Allowed, ...] = ()
+
 
 # --------------------------------------------------------------------------- the rules
 
@@ -137,7 +146,7 @@ def found(modules: dict[str, Module]) -> list[Crossing]:
     return crossings(modules)
 
 
-def _listed(crossings_: list[Crossing]) -> str:
+def _listed(crossings_: Sequence[Crossing]) -> str:
     return "\n  " + "\n  ".join(str(c) for c in crossings_)
 
 
@@ -168,13 +177,23 @@ def test_imported_only_by(guarded: str, modules: dict[str, Module],
                      f"(and inside its own part); these import it too:{_listed(bad)}")
 
 
-def test_every_allowed_import_is_still_made(found: list[Crossing]) -> None:
-    stale = unused_allowances(found, ALLOWED)
-    assert not stale, ("drop these entries from ALLOWED, no module makes that import "
-                       "any more:\n  " + "\n  ".join(
+def test_only_backends_read_a_backends_pool_or_kind(modules: dict[str, Module]) -> None:
+    reaches = backend_reaches(modules, "backends")
+    bad = [r for r in reaches if not any(a.matches(r) for a in ALLOWED_REACHES)]
+    assert not bad, ("outside backends/, code asks the Backend protocol (add a method or "
+                     "property there) instead of reading its configuration or kind:"
+                     + _listed(bad))
+
+
+def test_every_allowed_import_is_still_made(modules: dict[str, Module],
+                                            found: list[Crossing]) -> None:
+    stale = [*unused_allowances(found, ALLOWED),
+             *unused_allowances(backend_reaches(modules, "backends"), ALLOWED_REACHES)]
+    assert not stale, ("drop these entries from ALLOWED (or ALLOWED_REACHES), no module "
+                       "does that any more:\n  " + "\n  ".join(
                            f"{a.importer} ({a.function or 'module level'}) -> {a.imported}"
                            for a in stale))
-    assert all(a.reason for a in ALLOWED)
+    assert all(a.reason for a in (*ALLOWED, *ALLOWED_REACHES))
 
 
 # --------------------------------------------------------------------------- the checks
@@ -274,3 +293,27 @@ def test_layer_checks_flag_what_the_table_does_not_allow(tmp_path: Path) -> None
     assert layer_violations(found, {**layers, "mid": frozenset({"low"})}) \
         .get("mid") == [c for c in found if c.importer.startswith("mid")
                         and c.imported.startswith("secret")]
+
+
+def test_seam_check_flags_code_that_reads_a_backends_pool_or_kind(tmp_path: Path) -> None:
+    modules = _package(tmp_path, {
+        "__init__.py": "",
+        "backends/__init__.py": "",
+        "backends/condor.py": "class B:\n    def f(self):\n        return self.config\n",
+        "user.py": ("def f(backend, m):\n"
+                    "    if backend.kind == 'condor':\n"
+                    "        return m.backend.config\n"
+                    "    return getattr(self._backend, 'config', None)\n"
+                    "x = backend.kind\n"  # reading the kind for words is fine
+                    "y = record['config']\n"
+                    "class R:\n    def g(self):\n        return 'x' != self.map.backend.kind\n"),
+    })
+    found = backend_reaches(modules, "backends")
+    assert [str(r) for r in found] == [
+        "pkg/user.py:2 (in f) reads backend.kind",
+        "pkg/user.py:3 (in f) reads backend.config",
+        "pkg/user.py:4 (in f) reads backend.config",
+        "pkg/user.py:9 (in R.g) reads backend.kind",
+    ]
+    keep = Allowed("user", "R.g", "backend.kind", "says which")
+    assert keep.matches(found[-1]) and not keep.matches(found[0])
