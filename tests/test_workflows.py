@@ -396,3 +396,36 @@ def test_a_stage_sends_its_file_items_and_file_kwargs(pool_env: str, map_root: P
     store = MapStore.open(map_root, wf.stage_names[0])
     assert store.task_files() == {0: [str(key), str(docs[0])], 1: [str(key), str(docs[1])]}
     assert b"text 0" not in store.input_file(0).read_bytes()
+
+
+@pytest.mark.pool
+def test_a_chain_whose_record_cannot_be_written_is_taken_back_out(
+        pool_env: str, map_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DAGMan is queued, then recording its cluster fails (a full disk): the workflow is
+    removed from the queue again and the error says so; nothing is left behind."""
+    from htcml_jupyter.workflows import dag
+
+    written: list[str] = []
+
+    def write_once(folder: Path, name: str, data: bytes) -> None:
+        written.append(name)
+        if name == dag.WORKFLOW_FILE and written.count(name) == 2:
+            raise OSError(28, "No space left on device")
+        write_file(folder, name, data)
+
+    write_file = dag.write_file
+    monkeypatch.setattr(dag, "write_file", write_once)
+    with pytest.raises(HTCMLError, match=r"was queued, but recording it .* removed again"):
+        htc.chain(htc.stage(nap_then, [1]), root=map_root, pool=pool_env, name="unrecorded")
+    assert written.count(dag.WORKFLOW_FILE) == 2
+    assert list(map_root.iterdir()) == []
+
+    def queued() -> list[Any]:
+        with pool_config(pool_env) as htcondor2:
+            return list(htcondor2.Schedd().query(
+                constraint=f'Iwd == "{map_root / "unrecorded"}"', projection=["ClusterId"]))
+
+    wait_until(lambda: queued() == [], timeout=30, interval=0.5,
+               message="the workflow's DAGMan job is still queued")
+    removed = _history(pool_env, f'Iwd == "{map_root / "unrecorded"}"', ["JobStatus"])
+    assert [int(ad["JobStatus"]) for ad in removed] == [3]  # removed, never left to run

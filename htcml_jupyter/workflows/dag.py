@@ -231,10 +231,18 @@ def create_chain(stages: tuple[Stage, ...], *, backend: Backend, root: Path,
         if uid is not None:  # DAGMan runs as the pool's job user and writes here
             for store in [*made, MapStore(folder)]:
                 store.chown(uid)
-        record["dagman"] = backend.submit_dag(dag_file)
-        # the folder is the job user's now: a link planted there is replaced, not followed
-        write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
-    except BaseException:  # nothing was queued: leave nothing behind
+        record["dagman"] = cluster = backend.submit_dag(dag_file)
+        try:
+            # the folder is the job user's now: a link planted there is replaced, not
+            # followed
+            write_file(folder, WORKFLOW_FILE, json.dumps(record, indent=1).encode())
+        except BaseException as exc:
+            # a workflow nobody can follow or cancel would run unseen: take it back out
+            backend.remove_dag(cluster, "its workflow could not record the submission")
+            raise HTCMLError(f"DAGMan ({cluster}) was queued, but recording it in {folder} "
+                             f"failed ({type(exc).__name__}: {exc}); it was removed again. "
+                             f"Free space in the map root and run the chain again") from exc
+    except BaseException:  # nothing is left queued: leave nothing behind
         for store in made:
             shutil.rmtree(store.path, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
