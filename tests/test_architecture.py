@@ -54,7 +54,7 @@ LAYERS: dict[str, frozenset[str]] = {
     # runs on the execute node: the standard library only (its own test)
     "jobside": frozenset(),
     "paths": frozenset(),
-    # the map itself: knows nothing about HTCondor, backends, environments or views
+    # the map itself: reaches a pool only through the Backend it is given (a type here)
     "engine": frozenset({"jobside", "paths"}),
     # how a job gets Python: reads the map's options, knows no backend
     "environment": frozenset({"engine", "jobside", "paths"}),
@@ -62,16 +62,22 @@ LAYERS: dict[str, frozenset[str]] = {
     "devpool": frozenset({"paths"}),
     # where jobs run, behind one protocol
     "backends": frozenset({"engine", "environment", "jobside", "paths", "devpool"}),
-    # sweeps submit their watcher job (workflows.watcher_job), nothing else of workflows
-    "training": frozenset({"engine", "backends", "paths", "workflows.watcher_job"}),
+    # Outside backends/, a backend is reached through what backends/ offers for that:
+    # the protocol (the type), the pool chooser, CondorBackend (to subclass or narrow
+    # to) and what a pool offers; never its bindings, event reader or submit description.
+    # Sweeps submit their watcher job (workflows.watcher_job), nothing else of workflows.
+    "training": frozenset({"engine", "backends.protocol", "paths", "workflows.watcher_job"}),
     # what HTCondor runs after the notebook is gone: the watcher rebuilds a sweep
-    "workflows": frozenset({"engine", "environment", "backends", "jobside", "paths",
-                            "training"}),
-    "multinode": frozenset({"engine", "environment", "backends", "jobside", "paths"}),
+    "workflows": frozenset({"engine", "environment", "backends.protocol", "backends.pools",
+                            "backends.condor", "jobside", "paths", "training"}),
+    "multinode": frozenset({"engine", "environment", "backends.protocol", "backends.pools",
+                            "backends.condor", "jobside", "paths"}),
     # the public Python API
-    "executor": frozenset({"engine", "backends", "paths"}),
-    "joblib_backend": frozenset({"engine", "backends", "executor", "paths"}),
-    "api": frozenset({"engine", "backends", "training", "workflows", "multinode", "paths"}),
+    "executor": frozenset({"engine", "backends.protocol", "backends.pools", "paths"}),
+    "joblib_backend": frozenset({"engine", "backends.protocol", "backends.pools",
+                                 "executor", "paths"}),
+    "api": frozenset({"engine", "backends.protocol", "backends.pools", "backends.resources",
+                      "training", "workflows", "multinode", "paths"}),
     # what people see: magics, panels; the Jupyter server's endpoints
     "views": frozenset({"api", "engine", "training", "multinode", "paths"}),
     "server": frozenset({"api", "engine", "training", "paths"}),
