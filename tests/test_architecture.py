@@ -4,6 +4,8 @@
   count; those under ``if TYPE_CHECKING:`` do not, as they never run). Importing
   ``pkg.sub.mod`` runs ``pkg/sub/__init__.py`` too, so that is an import of ``pkg.sub``.
 * No module is longer than :data:`MAX_LINES` lines.
+* ARCHITECTURE.md's tree of the package (its Layers section) names every module, each
+  under its subpackage, and no module that is gone.
 * ``jobside/`` runs on the execute node with a bare interpreter: it imports the standard
   library and its own modules only, plus a few optional packages inside functions.
 * The layers ARCHITECTURE.md draws: each part of the package (a subpackage, or a
@@ -19,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from .import_scan import (
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "htcml_jupyter"
+ARCHITECTURE_MD = PACKAGE_DIR.parent / "ARCHITECTURE.md"
 MAX_LINES = 400
 
 #: Part of the package (or one module of it) -> the parts and modules it may import at
@@ -200,6 +204,38 @@ def test_every_allowed_import_is_still_made(modules: dict[str, Module],
                            f"{a.importer} ({a.function or 'module level'}) -> {a.imported}"
                            for a in stale))
     assert all(a.reason for a in (*ALLOWED, *ALLOWED_REACHES))
+
+
+def documented_modules(markdown: str) -> dict[str, set[str]]:
+    """subpackage ("" for the top level) -> the ``*.py`` files the Layers tree names
+    under it."""
+    block = markdown.split("## Layers", 1)[1].split("```", 2)[1]
+    named: dict[str, set[str]] = {}
+    section = ""
+    for line in block.splitlines():
+        heading = re.match(r"^  (\w+)/(\s|$)", line)
+        if heading:
+            section = heading.group(1)
+        elif re.match(r"^  \S", line):
+            section = ""
+        named.setdefault(section, set()).update(re.findall(r"(\w+\.py)(?![\w.])", line))
+    return named
+
+
+def test_architecture_md_names_every_module(modules: dict[str, Module]) -> None:
+    named = documented_modules(ARCHITECTURE_MD.read_text())
+    present: dict[str, set[str]] = {}
+    for module in modules.values():
+        rel = module.path.relative_to(PACKAGE_DIR)
+        present.setdefault(rel.parts[0] if len(rel.parts) > 1 else "", set()).add(rel.name)
+    missing = sorted(f"{part}/{name}".lstrip("/") for part, names in present.items()
+                     for name in names - named.get(part, set()) if name != "__init__.py")
+    gone = sorted(f"{part}/{name}".lstrip("/") for part, names in named.items()
+                  for name in names - present.get(part, set()))
+    assert "engine" in named and "mapping.py" in named["engine"], sorted(named)
+    assert not missing, ("ARCHITECTURE.md's Layers tree does not name these modules (add a "
+                         f"line under their folder saying what each is): {missing}")
+    assert not gone, f"ARCHITECTURE.md's Layers tree names modules that are gone: {gone}"
 
 
 # --------------------------------------------------------------------------- the checks
