@@ -168,3 +168,20 @@ def test_building_a_handle_asks_no_schedd(pool_env: str, map_root: Path,
     assert m.results() == [0, 1, 4]
     assert backend.calls == 1, "a pool that is down is not asked again at once"
     m.close()
+
+
+def test_a_process_exits_cleanly_while_the_monitor_refreshes(map_root: Path) -> None:
+    script = f"""
+import htcml_jupyter as htc
+from htcml_jupyter.engine.monitor import MONITOR
+from tests import helpers
+maps = [htc.map(helpers.square, range(2), root={str(map_root)!r}, backend="local")
+        for _ in range(3)]
+for m in maps:
+    assert m.wait(timeout=60)
+    MONITOR.watch(m, lambda changed: True, interval=0.001)
+"""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 0 and "Fatal" not in done.stderr, done.stderr

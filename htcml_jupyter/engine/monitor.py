@@ -13,6 +13,7 @@ when no handle is registered and starts again with the next one.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -96,6 +97,7 @@ class Monitor:
         self._cond = threading.Condition(threading.Lock())
         self._entries: dict[int, _Entry] = {}
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     # ------------------------------------------------------------ registering
     def register(self, handle: Followed) -> None:
@@ -155,6 +157,17 @@ class Monitor:
         """The monitor thread, while it runs."""
         return self._thread
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread for good (at the interpreter's exit: no refresh may still run
+        inside the bindings while the process tears them down)."""
+        with self._cond:
+            self._stopped = True
+            self._entries.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _end(self, w: Watch) -> None:
         with self._cond:
             w._active = False
@@ -164,6 +177,8 @@ class Monitor:
 
     # ------------------------------------------------------------ the thread
     def _start(self) -> None:  # under the condition
+        if self._stopped:
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread.start()
@@ -221,3 +236,4 @@ MONITOR = Monitor()
 
 
 os.register_at_fork(after_in_child=MONITOR._reset)
+atexit.register(MONITOR.stop)
