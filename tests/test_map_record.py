@@ -25,6 +25,7 @@ from htcml_jupyter.multinode.submit import TorchrunBackend
 from htcml_jupyter.training.adaptive import AdaptiveSweep
 from htcml_jupyter.training.sweeps import Sweep
 from htcml_jupyter.workflows.node import StageMap
+from tests.helpers import square
 
 RECORDED = Path(__file__).resolve().parent / "recorded" / "maps-v0"
 
@@ -93,6 +94,11 @@ def test_future_and_damaged_records_say_what_to_do() -> None:
         MapRecord.from_json({**_v0(), "schema": 7, "kind": "map"})
     with pytest.raises(RecordError, match="kind"):
         MapRecord.from_json({**_v0(), "schema": 1, "kind": "teapot"})
+    with pytest.raises(RecordError, match="kind 'sweep' lacks the 'sweep' part"):
+        MapRecord.from_json({**_v0(), "schema": 1, "kind": "sweep"})
+    with pytest.raises(RecordError, match="kind 'map' holds the 'torchrun' part"):
+        MapRecord.from_json({**_v0(torchrun={"nodes": 2, "procs_per_node": 1}),
+                             "schema": 1, "kind": "map"})
     with pytest.raises(RecordError, match="n_items"):
         MapRecord.from_json({**_v0(), "n_items": "many"})
     with pytest.raises(RecordError, match="not the map's record"):
@@ -102,6 +108,16 @@ def test_future_and_damaged_records_say_what_to_do() -> None:
         MapRecord.from_json(without_options)
     # a new record written from a few fields: the rest take their defaults
     assert MapRecord.from_json(without_options, complete=True).options.request_cpus == 1
+
+
+def test_a_new_map_records_its_kind_and_schema(tmp_path: Path) -> None:
+    m = htc.map(square, range(3), backend="local", root=tmp_path, name="fresh")
+    assert m.results(timeout=120) == [0, 1, 4]
+    raw = json.loads((tmp_path / "fresh" / "map.json").read_text())
+    assert raw["schema"] == SCHEMA and raw["kind"] == "map"
+    assert raw["pool"]["backend"] == "local" and raw["n_items"] == 3
+    assert m.record.kind == "map" and m.record.options == m.options
+    m.close()
 
 
 def test_store_reads_and_writes_the_record(tmp_path: Path) -> None:

@@ -102,8 +102,9 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
     backend.check_visible(root / name)
     size = items_per_job(chunksize, length if length is not None else LOOKAHEAD, batch_size,
                          lambda: backend.capacity(submit_options))
-    meta = {
-        "name": name, "function": fn_name, "created": time.time(), "n_items": length,
+    meta = {  # extra_meta: a sweep's or a run's kind and part
+        "kind": "map", "name": name, "function": fn_name, "created": time.time(),
+        "n_items": length,
         "chunksize": chunksize, "chunk_items": size, "options": submit_options.asdict(),
         "pool": backend.describe(), "batch_name": name,
         "code_locations": code_locations(function),

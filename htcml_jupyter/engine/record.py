@@ -46,6 +46,10 @@ _FIELDS = ("schema", "kind", "name", "function", "created", "n_items", "chunksiz
            "setup", "environment", "sweep", "workflow", "torchrun")
 
 
+#: The part of the record that goes with each kind but "map".
+_PARTS = {"sweep": "sweep", "workflow": "stage", "torchrun": "torchrun"}
+
+
 class RecordError(ValueError):
     """A map's ``map.json`` cannot be read as a map's record (damaged, or written by a
     newer version of htcml_jupyter)."""
@@ -178,9 +182,15 @@ class MapRecord:
                 f"the map's record has schema {schema}, newer than this htcml_jupyter reads "
                 f"(schema {SCHEMA}): upgrade htcml_jupyter (pip install -U htcml_jupyter) "
                 f"in this environment to open it")
-        kind = data.get("kind") if schema >= 1 else _infer_kind(data)
+        # a writer states the kind; only a schema-0 file lacks it
+        kind = data["kind"] if schema >= 1 or "kind" in data else _infer_kind(data)
         if kind not in KINDS:
             raise RecordError(f"the record's kind {kind!r} is none of {', '.join(KINDS)}")
+        for part, part_kind in _PARTS.items():
+            if (data.get(part) is not None) != (kind == part_kind):
+                raise RecordError(f"a record of kind {kind!r} "
+                                  f"{'holds' if data.get(part) is not None else 'lacks'} "
+                                  f"the {part!r} part")
         torchrun = (TorchrunPart.from_json(data["torchrun"]) if data.get("torchrun")
                     is not None else None)
         backend = dict(_mapping(data.get("pool"), "pool"))  # {}: none recorded
@@ -278,12 +288,9 @@ class MapRecord:
 
 def _infer_kind(data: Mapping[str, Any]) -> str:
     """The kind of a schema-0 record, from the part it holds (as that code decided)."""
-    if "workflow" in data:
-        return "stage"
-    if "sweep" in data:
-        return "sweep"
-    if "torchrun" in data:
-        return "torchrun"
+    for part, kind in _PARTS.items():
+        if data.get(part) is not None:
+            return kind
     return "map"
 
 

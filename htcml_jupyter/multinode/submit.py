@@ -112,7 +112,8 @@ def create_run(function: Callable[..., Any], *, shape: RunShape, kwargs: dict[st
         raise OptionError("htc.torchrun places procs_per_node processes in each job; "
                           "chunksize cannot be set")
     wrapped = torchrun_launch.RankCall(function)
-    meta = {"torchrun": shape.asdict(), "code_locations": code_locations(function)}
+    meta = {"kind": "torchrun", "torchrun": shape.asdict(),
+            "code_locations": code_locations(function)}
     root.mkdir(parents=True, exist_ok=True)
     # The wrapper carries the function's module name, so a module of the user's own
     # is pickled by value, as for a map.

@@ -373,7 +373,7 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
                              "first": first}}
         m = create_map(unpack(function), params, kwargs=kwargs, backend=backend, root=root,
                        name=name, chunksize=1, options=options,
-                       extra_meta={"sweep": meta})
+                       extra_meta={"kind": "sweep", "sweep": meta})
         del study
         shutil.move(str(journal), str(m.store.path / STUDY_FILE))
     m.store.write_file(OPTUNA_FILE, cloudpickle.dumps((sampler_obj, pruner_obj, dict(space))))

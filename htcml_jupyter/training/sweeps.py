@@ -354,7 +354,8 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
     wrapped = unpack(function)
     m = create_map(wrapped, params, kwargs=kwargs, backend=backend, root=root, name=name,
                    chunksize=1, options=options,
-                   extra_meta={"sweep": {"params": params, "metric": metric, "mode": mode,
+                   extra_meta={"kind": "sweep",
+                               "sweep": {"params": params, "metric": metric, "mode": mode,
                                          "function": fn_name}})
     if policy_bytes is not None:
         m.store.write_file(POLICY_FILE, policy_bytes)  # no link in the folder followed

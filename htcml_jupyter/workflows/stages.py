@@ -120,7 +120,7 @@ def write_stage_folder(step: Stage, *, root: Path, name: str, n_items: int,
         "chunksize": 1, "chunk_items": 1, "options": options.asdict(),
         "pool": backend.describe(), "batch_name": name,
         "code_locations": code_locations(step.function),
-        "workflow": workflow,
+        "kind": "stage", "workflow": workflow,
     }
     store = write_map_folder(root, name, meta, step.function, step.kwargs)
     try:
