@@ -8,8 +8,11 @@ reports) correctly only in that format.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from ..engine.state import EventKind, TaskEvent
@@ -158,6 +161,70 @@ def usage_from_ad(ad: Any, now: float | None = None) -> dict[str, float]:
     return out
 
 
+#: Seconds a log's tail may stay an unfinished event before the log counts as cut short.
+CUT_AFTER = 5.0
+
+#: How an event ends in each log format: XML (``</c>``) and the classic text format.
+_EVENT_ENDS = (b"</c>\n", b"\n...\n")
+_TAIL = 1 << 16
+
+
+def _type_name(event: Any) -> str:
+    """The event's type name; ``""`` for a type newer than these bindings (they raise
+    ``ValueError`` on its number), which is skipped as any other unknown event."""
+    try:
+        return str(event.type.name)
+    except ValueError:
+        return ""
+
+
+def _offset(log: Any) -> int:
+    """Where a ``JobEventLog`` stands in its file (the offset its pickled state keeps)."""
+    return int(log.__getstate__()[1])
+
+
+def _seek(log: Any, offset: int) -> None:
+    """Move a ``JobEventLog`` to ``offset`` (as unpickling it does)."""
+    state, _ = log.__getstate__()
+    log.close()
+    log.__setstate__((state, offset))
+
+
+def _complete_until(path: Path, start: int) -> tuple[int, int]:
+    """The size of the log at ``path`` and the offset just after its last whole event
+    (``start`` when none ends after it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return start, start
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        at = max(start, size - _TAIL)
+        while True:  # the last bytes first: a log of many events is not read twice
+            f.seek(at)
+            tail = f.read(size - at)
+            ends = [tail.rfind(m) + len(m) for m in _EVENT_ENDS if m in tail]
+            if ends or at == start:
+                return at + len(tail), (at + max(ends) if ends else start)
+            at = start
+
+
+def _read_until(log: Any, end: int) -> list[Any]:
+    """The events of ``log`` that end by ``end``; it is left just after the last one
+    (the file may have grown meanwhile: an event read past ``end`` is read again)."""
+    events: list[Any] = []
+    good = _offset(log)
+    for event in log.events(stop_after=0):
+        after = _offset(log)
+        if after > end:
+            break
+        events.append(event)
+        good = after
+    if _offset(log) != good:
+        _seek(log, good)
+    return events
+
+
 class CondorEventReader:
     """Reads new events from a map's job event log and names the task of each."""
 
@@ -169,6 +236,8 @@ class CondorEventReader:
         #: True once the log could not be read (damaged or deleted).
         self.damaged = False
         self._inode: int | None = None
+        #: (size, first seen) of a log whose tail is not a whole event
+        self._cut: tuple[int, float] | None = None
 
     def _learn_submissions(self) -> None:
         for sub in self.store.submissions():
@@ -208,19 +277,20 @@ class CondorEventReader:
             self._inode = inode
         out: list[TaskEvent] = []
         try:
-            events = list(self._log.events(stop_after=0))
+            events = self._complete_events(htcondor2)
         except Exception:
             # A damaged log (truncated or corrupted by hand): keep what was read; the
             # queue check and the outcome files settle the jobs it no longer tells about.
             self.damaged = True
             return out
         for event in events:
-            if event.type.name == "ATTRIBUTE_UPDATE":
+            name = _type_name(event)
+            if name == "ATTRIBUTE_UPDATE":
                 report = self._report(event)
                 if report is not None:
                     out.append(report)
                 continue
-            if event.type.name == "CLUSTER_REMOVE":
+            if name == "CLUSTER_REMOVE":
                 # Late materialization: jobs never materialized end with their cluster.
                 self._learn_submissions()
                 out.extend(TaskEvent(task, EventKind.REMOVED, float(event.timestamp),
@@ -228,7 +298,7 @@ class CondorEventReader:
                            for (cluster, _), task in self._job_task.items()
                            if cluster == event.cluster)
                 continue
-            kind = _EVENT_KINDS.get(event.type.name)
+            kind = _EVENT_KINDS.get(name)
             if kind is None:
                 continue
             key = (event.cluster, event.proc)
@@ -239,6 +309,41 @@ class CondorEventReader:
                 continue
             out.append(TaskEvent(task, kind, float(event.timestamp), _detail(kind, event)))
         return out
+
+    def _complete_events(self, htcondor2: Any) -> list[Any]:
+        """The new events that the log holds whole.
+
+        The bindings must never meet an event the shadow is half-way through writing:
+        they read it as a shorter event, or skip it for good once it is whole, or (cut
+        inside an empty list) abort the process.  A tail that is not a whole event is
+        left for the next read; one that stays so for :data:`CUT_AFTER` seconds is a log
+        cut short, whose whole events are read from a copy that ends before the cut.
+        """
+        log = self._log
+        start = _offset(log)
+        size, end = _complete_until(self.store.event_log, start)
+        if size == end:
+            self._cut = None
+            return _read_until(log, end)
+        if self._cut is None or self._cut[0] != size:
+            self._cut = (size, time.time())
+            return []
+        if time.time() - self._cut[1] < CUT_AFTER or end == start:
+            return []
+        self.damaged = True
+        with tempfile.TemporaryDirectory(prefix="htcml-events-") as folder:
+            copy = Path(folder) / "events.log"
+            source = os.open(self.store.event_log, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(source, "rb") as f, open(copy, "wb") as target:
+                target.write(f.read(end))
+            head = htcondor2.JobEventLog(str(copy))
+            state, _ = head.__getstate__()
+            head.close()
+            head.__setstate__((state, start))
+            events = _read_until(head, end)
+            head.close()
+        _seek(log, end)
+        return events
 
     def _report(self, event: Any) -> TaskEvent | None:
         if event.get("Attribute") != wire.REPORT_ATTRIBUTE:

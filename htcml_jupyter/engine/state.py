@@ -102,9 +102,13 @@ class TaskStatus:
     #: Marked removed only because the queue no longer showed it (no terminal event);
     #: any later event of the job undoes that.
     vanished: bool = False
+    #: The last eviction took the job off a machine (it was running), so it counts.
+    evicted_running: bool = False
 
     def apply(self, event: TaskEvent) -> bool:
         """Move through the transition table; return True when something changed."""
+        if event.kind not in TRANSITIONS:
+            return False  # a report: no phase change
         if self.phase in _FINAL and not self.vanished:
             return False  # a job that left the queue stays where it ended
         if self.vanished:
@@ -123,7 +127,11 @@ class TaskStatus:
             self.started = event.time
             self.host = d.get("host", self.host)
         elif event.kind is EventKind.EVICTED:
-            self.evictions += 1
+            # HTCondor logs an eviction whenever a shadow ends before the job: one that
+            # failed before the job started (input transfer, then a hold) is none
+            self.evicted_running = self.phase is TaskPhase.RUNNING
+            if self.evicted_running:
+                self.evictions += 1
         elif event.kind is EventKind.HELD:
             self.hold_reason = d.get("reason", "held")
             self.hold_code = d.get("code")
@@ -139,7 +147,7 @@ class TaskStatus:
         elif event.kind is EventKind.REMOVED:
             self.removed_reason = d.get("reason", "removed")
             self.finished = event.time
-            if self.last_event is EventKind.EVICTED:
+            if self.last_event is EventKind.EVICTED and self.evicted_running:
                 self.evictions -= 1  # a running job that is removed is evicted first
         changed = new is not self.phase or event.kind in (EventKind.STARTED, EventKind.EVICTED)
         self.phase = new
