@@ -119,7 +119,7 @@ def create_map(function: Callable[..., Any], iterable: Iterable[Any], *,
                                       first_task=0, shared_files=shared)
             n_items = sum(len(items) for _, items in tasks)
             if n_items != meta["n_items"]:
-                store.write_meta({**meta, "n_items": n_items})
+                store.write_record(store.read_record().replace(n_items=n_items))
             submit_tasks(store, backend, tasks, submit_options, name)
     except BaseException:
         shutil.rmtree(store.path, ignore_errors=True)  # nothing was queued: leave nothing
