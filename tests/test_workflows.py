@@ -21,6 +21,7 @@ from htcml_jupyter.backends.bindings import pool_config
 from htcml_jupyter.backends.condor_pool import watcher_description
 from htcml_jupyter.backends.local import LocalBackend
 from htcml_jupyter.engine.errors import HTCMLError
+from htcml_jupyter.engine.inputs import InputFileError
 from htcml_jupyter.engine.options import OptionError
 from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.workflows.dag import create_chain
@@ -429,3 +430,34 @@ def test_a_chain_whose_record_cannot_be_written_is_taken_back_out(
                message="the workflow's DAGMan job is still queued")
     removed = _history(pool_env, f'Iwd == "{map_root / "unrecorded"}"', ["JobStatus"])
     assert [int(ad["JobStatus"]) for ad in removed] == [3]  # removed, never left to run
+
+
+def test_a_stage_folder_records_its_files_as_a_map_does(tmp_path: Path) -> None:
+    """Without a pool: a stage's folder lists each job's File items and the File keyword
+    arguments every job gets; a later stage's inputs are rewritten from the results of
+    the one before without recording its jobs twice."""
+    from htcml_jupyter.workflows.stages import stage_inputs, write_stage_folder
+
+    docs = [tmp_path / f"doc{i}.txt" for i in range(2)]
+    for doc in docs:
+        doc.write_text("x")
+    key = tmp_path / "key.txt"
+    key.write_text("K")
+    first = write_stage_folder(
+        htc.stage(_read_with_key, [htc.File(d) for d in docs], kwargs={"key": htc.File(key)}),
+        root=tmp_path, name="w.0-read", n_items=2, backend=LocalBackend(), workflow={})
+    assert first.task_files() == {0: [str(key), str(docs[0])], 1: [str(key), str(docs[1])]}
+    assert [t for t, _ in first.tasks()] == [0, 1]
+    later = write_stage_folder(htc.stage(_read_with_key, kwargs={"key": htc.File(key)}),
+                               root=tmp_path, name="w.1-read", n_items=3,
+                               backend=LocalBackend(), workflow={})
+    assert later.task_files() == {t: [str(key)] for t in range(3)}
+    stage_inputs("each", ["a", "b", "c"], later)
+    assert [(t, list(items)) for t, items in later.tasks()] == [(0, [0]), (1, [1]), (2, [2])]
+    assert later.input_file(2).exists()
+    with pytest.raises(InputFileError, match="does not exist"):
+        write_stage_folder(htc.stage(_read_with_key, [htc.File(tmp_path / "gone.txt")],
+                                     kwargs={"key": htc.File(key)}),
+                           root=tmp_path, name="w.2-read", n_items=1,
+                           backend=LocalBackend(), workflow={})
+    assert not (tmp_path / "w.2-read").exists()  # a missing file leaves nothing behind
