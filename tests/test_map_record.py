@@ -187,6 +187,16 @@ def test_version_0_torchrun_attaches_as_a_run_with_its_launcher(pool: str,
     run.close()
 
 
+def rank_one_fails() -> int:
+    """One process of a run: rank 1 raises at once, the others return their rank."""
+    import os
+
+    rank = int(os.environ["RANK"])
+    if rank == 1:
+        raise ValueError("rank 1 gives up")
+    return rank
+
+
 # ---------------------------------------------------------------------- the backend recorded
 @pytest.mark.pool
 def test_attached_torchrun_run_keeps_its_launcher(pool: str, map_root: Path) -> None:
@@ -214,3 +224,36 @@ def test_attached_torchrun_run_keeps_its_launcher(pool: str, map_root: Path) -> 
     run.close()
     again.close()
     assert not os.path.exists(map_root / run.name / "map.json.tmp")
+
+
+@pytest.mark.pool
+def test_the_sidebar_retries_a_runs_node_with_its_launcher(pool: str, map_root: Path) -> None:
+    """A retry from the sidebar's catalog queues the failed node as a node of the run:
+    the torchrun launcher in front of the runner, the run's shape in the job's ad."""
+    from htcml_jupyter.backends.bindings import pool_config
+    from htcml_jupyter.server.catalog import MapCatalog
+
+    run = htc.torchrun(rank_one_fails, nodes=2, pool=pool, root=map_root, join_timeout=60,
+                       request_memory="512MB")
+    try:
+        assert run.wait(timeout=300)
+        assert run.map.item_states()[1].value == "failed"
+        catalog = MapCatalog(map_root)
+        try:
+            _, retried = catalog.retry(run.name)
+        finally:
+            catalog.close()
+        assert 1 in retried
+        again = htc.attach(run.name, root=map_root)
+        assert isinstance(again, TorchrunRun) and len(again.clusters) == 2
+        with pool_config(pool) as htcondor2:
+            ads = htcondor2.Schedd().query(f"ClusterId == {again.clusters[-1]}",
+                                           ["Args", "Arguments", "HtcmlTorchrun"])
+        assert ads, "the retried node is not in the queue"
+        arguments = str(ads[0].get("Arguments") or ads[0].get("Args"))
+        assert "torchrun_launch.py" in arguments and "--nodes 2" in arguments, arguments
+        assert ads[0]["HtcmlTorchrun"] == "2x1"
+        again.close()
+    finally:
+        run.cancel()
+        run.close()
