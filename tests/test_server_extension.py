@@ -171,7 +171,7 @@ def test_lists_maps_and_sweeps_on_the_pool(pool: str, home: Path, client: Client
         assert listed[sweep.name]["kind"] == "sweep"
         assert row["function"] == "nap" and row["n_items"] == 3
         assert row["pool"] == m.backend.description
-        assert row["created"] == pytest.approx(m.meta["created"])
+        assert row["created"] == pytest.approx(m.record.created)
         assert 0 <= row["age"] < 300
         assert sum(row["counts"].values()) == 3 and row["running"] is True
         assert row["error"] is None

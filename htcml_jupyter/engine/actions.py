@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chunking import items_per_job
-from .options import SubmitOptions
+from .record import MapRecord
 from .state import ItemState, TaskPhase
 from .store import MapStore
 from .submission import read_arguments, submission_lock, submit_tasks, write_tasks
@@ -34,20 +34,18 @@ class MapActions:
         The map's folder.
     backend
         Where its jobs run.
-    options
-        The map's submit options (retries and new items are queued with them).
-    meta
-        The map's record as the handle read it (``chunksize``, ``batch_name``); its
-        ``n_items`` is updated in place when items are added.
+    record
+        The map's record as the handle read it: its options (retries and new items are
+        queued with them), ``chunksize``, ``batch_size`` and ``batch_name``.
     """
 
     def __init__(self, table: MapTable, store: MapStore, backend: Backend,
-                 options: SubmitOptions, meta: dict[str, Any]):
+                 record: MapRecord):
         self.table = table
         self.store = store
         self.backend = backend
-        self.options = options
-        self.meta = meta
+        self.record = record
+        self.options = record.options
 
     def cancel(self) -> None:
         """Remove every unfinished job of the map."""
@@ -130,7 +128,6 @@ class MapActions:
                 indexes = list(range(first, first + len(arguments)))
                 n_items = first + len(arguments)
                 self.store.write_record(record.replace(n_items=n_items))
-                self.meta["n_items"] = n_items
                 table.grow(n_items)
                 tasks = write_tasks(self.store, dict(zip(indexes, arguments, strict=True)),
                                     indexes, 1, first_task=table.next_task_id())
@@ -163,7 +160,7 @@ class MapActions:
     def _submit_new(self, tasks: list[tuple[int, Sequence[int]]], failure: str) -> None:
         try:
             submit_tasks(self.store, self.backend, tasks, self.options,
-                         self.meta.get("batch_name", self.store.name))
+                         self.record.batch_name or self.store.name)
         except BaseException as exc:  # nothing was queued: the new jobs must not wait
             reason = f"{failure}: {exc}"
             new = [task for task, _ in tasks]
@@ -174,5 +171,5 @@ class MapActions:
     def _chunksize_for(self, n: int) -> int:
         """Items per job of a retry of ``n`` items: as the map was created (whole
         batches)."""
-        return items_per_job(self.meta.get("chunksize", 1), n, self.meta.get("batch_size"),
+        return items_per_job(self.record.chunksize, n, self.record.batch_size,
                              lambda: self.backend.capacity(self.options))

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import HTCMLError, MapError, RemoteError, WaitTimeout
 from .monitor import MONITOR
 from .notes import read_notes
-from .options import SubmitOptions
 from .outcomes import item_output
 from .parts import MapParts
 from .results import ErrorMode, SetupRun
@@ -47,12 +46,12 @@ class Map:
         self.store = store
         self.backend = backend
         #: The map's record (``map.json``) as read when the handle was made: its kind,
-        #: options, backend spec, and a sweep's, stage's or run's own part.
+        #: options, backend spec, and a sweep's, stage's or run's own part (the item
+        #: count as it grows: :attr:`n_items`).
         self.record = store.read_record()
-        meta = self.meta = self.record.to_json()
-        self.options = SubmitOptions.from_record(meta["options"])
+        self.options = self.record.options
         #: Its table, reader of outcomes and actions (:class:`~.parts.MapParts`).
-        self.parts = MapParts.build(store, backend, meta, self.options)
+        self.parts = MapParts.build(store, backend, self.record)
         self._environment: dict[str, Any] = {}
         self._start_seconds: list[float] = []  # each of the first jobs' environment start
         MONITOR.register(self)  # the process's one monitor thread follows it while it lives

@@ -11,11 +11,11 @@ over every item's state) uses the part's documented method.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .actions import MapActions
-from .options import SubmitOptions
 from .outcomes import OutcomeReader
+from .record import MapRecord
 from .results import MapResults
 from .store import MapStore
 from .table import MapTable
@@ -36,14 +36,12 @@ class MapParts:
     actions: MapActions
 
     @classmethod
-    def build(cls, store: MapStore, backend: Backend, meta: dict[str, Any],
-              options: SubmitOptions) -> MapParts:
-        """The parts of the map in ``store`` whose record is ``meta``: reads its folder
+    def build(cls, store: MapStore, backend: Backend, record: MapRecord) -> MapParts:
+        """The parts of the map in ``store`` whose record is ``record``: reads its folder
         (the jobs recorded so far), asks the backend nothing."""
-        outcomes = OutcomeReader(store, meta.get("code_locations", {}))
-        table = MapTable(store, backend, outcomes, int(meta["n_items"]))
-        batch = meta.get("batch_size")
+        outcomes = OutcomeReader(store, record.code_locations)
+        table = MapTable(store, backend, outcomes, record.n_items)
         return cls(table=table,
-                   results=MapResults(table, outcomes, store, int(batch) if batch else None,
-                                      options.output_destination),
-                   actions=MapActions(table, store, backend, options, meta))
+                   results=MapResults(table, outcomes, store, record.batch_size or None,
+                                      record.options.output_destination),
+                   actions=MapActions(table, store, backend, record))
