@@ -185,3 +185,19 @@ for m in maps:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=120, cwd=Path(__file__).resolve().parent.parent)
         assert done.returncode == 0 and "Fatal" not in done.stderr, done.stderr
+
+
+@pytest.mark.pool
+def test_a_torchrun_panel_follows_its_run_on_the_monitor(pool: str, map_root: Path) -> None:
+    from htcml_jupyter.views.torchrun_panel import TorchrunPanel
+    from tests.test_torchrun import ddp_train
+
+    run = htc.torchrun(ddp_train, nodes=2, procs_per_node=1, kwargs={"epochs": 2},
+                       pool=pool, root=map_root, request_memory="1GB")
+    panel = TorchrunPanel(run, interval=0.2)
+    assert panel.running and len(MONITOR.watches(run.map)) == 1
+    wait_until(lambda: not panel.running, timeout=300,
+               message="the panel should stop once the run has ended")
+    assert panel.last is not None and panel.last.finished and panel.cancel_button.disabled
+    assert not [t for t in threading.enumerate() if run.name in t.name]
+    run.close()
