@@ -201,3 +201,20 @@ def test_a_torchrun_panel_follows_its_run_on_the_monitor(pool: str, map_root: Pa
     assert panel.last is not None and panel.last.finished and panel.cancel_button.disabled
     assert not [t for t in threading.enumerate() if run.name in t.name]
     run.close()
+
+
+@pytest.mark.pool
+def test_a_sweeps_own_watcher_runs_on_the_monitor(pool_env: str, map_root: Path) -> None:
+    from tests.test_workflows import slow_loss
+
+    lrs = [0.01, 5.0]
+    s = htc.sweep(slow_loss, grid={"lr": lrs}, root=map_root, watcher="kernel",
+                  early_stop=htc.Threshold("loss", step=2, value=1.0))
+    assert len(MONITOR.watches(s)) == 1, "the policy is applied from the monitor thread"
+    assert not [t for t in threading.enumerate() if s.name in t.name]
+    assert s.wait(timeout=180)
+    assert set(s.aborted) == {1} and s.watch_errors == []
+    assert s.status()["done"] == 1
+    wait_until(lambda: not MONITOR.watches(s), timeout=10,
+               message="the watcher should end once the sweep is finished")
+    s.close()

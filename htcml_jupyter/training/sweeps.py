@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from ..backends.protocol import Backend
 from ..engine.creation import create_map
 from ..engine.grid import grid_points, unpack
 from ..engine.mapping import Map
+from ..engine.monitor import MONITOR, Watch
 from ..engine.payload import PickleError
 from ..engine.state import ItemState
 from ..engine.store import MapStore
@@ -138,8 +139,8 @@ class Sweep(Map):
         self._policy_read = False
         self.watch_errors: list[str] = []
         self._results: dict[int, Any] = {}
-        self._watch_stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._watcher: Watch | None = None
+        self._watched = 0.0
         if watch and (store.path / POLICY_FILE).exists():
             self.watch()
 
@@ -190,28 +191,30 @@ class Sweep(Map):
         also has every trial asked and told)."""
         return self.done
 
-    def _watch(self) -> None:
-        while not self._watch_stop.wait(self.watch_interval):
-            try:
-                if not pool_watcher_active(self.store):  # never both: no double abort
-                    self.watch_step()
-                if self.finished:
-                    return
-            except Exception as exc:  # the watcher must not die on a transient error
-                self.watch_errors.append(f"{type(exc).__name__}: {exc}")
-                continue
+    def _watch(self, changed: bool) -> bool:
+        """One step of the watcher, after the monitor refreshed the sweep (at most every
+        ``watch_interval`` seconds unless reports came); False once it is finished."""
+        if not changed and time.monotonic() - self._watched < self.watch_interval:
+            return True
+        self._watched = time.monotonic()
+        try:
+            if not pool_watcher_active(self.store):  # never both: no double abort
+                self.watch_step()
+            return not self.finished
+        except Exception as exc:  # the watcher must not die on a transient error
+            self.watch_errors.append(f"{type(exc).__name__}: {exc}")
+            return True
 
     def watch(self) -> None:
-        """Start the background watcher that applies the policy (started by default)."""
-        if self._watcher is not None and self._watcher.is_alive():
+        """Start the background watcher that applies the policy (started by default);
+        it runs on the process's one monitor thread (:mod:`htcml_jupyter.engine.monitor`)."""
+        if self._watcher is not None and self._watcher.active:
             return
-        self._watch_stop.clear()
-        self._watcher = threading.Thread(target=self._watch, daemon=True,
-                                         name=f"htcml-sweep-{self.name}")
-        self._watcher.start()
+        self._watcher = MONITOR.watch(self, self._watch, self.watch_interval)
 
     def close(self) -> None:
-        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         super().close()
 
     # ---------------------------------------------------------------- results
