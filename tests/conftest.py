@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -85,21 +87,183 @@ def pool() -> str:
 def session_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="htcml-tests-", dir="/tmp"))
     root.chmod(0o755)
+    _FOLDERS.update({str(root), os.path.realpath(root)})
     yield root
     _remove_jobs_under(root)
     shutil.rmtree(root, ignore_errors=True)
 
 
 def _remove_jobs_under(root: Path) -> None:
-    """Leave the pool's queue as the tests found it."""
-    state = devpool.running_state()
-    if state is None:
-        return
+    """Leave the pools' queues as the tests found them: remove every job of ``root``."""
+    for config in _pools():
+        _act(config, "Remove", _under([str(root)]))
+
+
+# ------------------------------------------------------------------ jobs left behind
+# A test that queues jobs removes them when it ends, held ones included.  A job is this
+# session's when its Iwd (a map's folder, a workflow's folder, a watcher's map) lies in a
+# folder this session made: its /tmp roots, pytest's temporary folders and any
+# HTCML_HOME a test pointed at one.  Other sessions on the same pools have their own
+# folders, so their jobs are never touched.  After each test that uses a pool, and after
+# each module, the jobs of ours it queued are removed; at the end, any left are listed.
+
+#: The folders of this session (job Iwd prefixes), added as fixtures make them.
+_FOLDERS: set[str] = set()
+_HOME_AT_END = pytest.StashKey[str | None]()
+_LEFT_BEHIND: list[str] = []
+
+
+def _pools() -> list[str]:
+    """The client configurations of the project's pools that are up."""
+    out = []
+    for isolated in (False, True):
+        try:
+            state = devpool.running_state(isolated=isolated)
+        except Exception:
+            state = None
+        if state is not None:
+            out.append(state.client_config)
+    return out
+
+
+def _under(folders: list[str]) -> str:
+    """A constraint: the job's Iwd is one of ``folders`` or inside one."""
+    import classad2
+
+    return " || ".join(
+        f"(Iwd =?= {classad2.quote(f)} || substr(Iwd, 0, {len(f) + 1}) =?= "
+        f"{classad2.quote(f + '/')})" for f in sorted(folders)) or "false"
+
+
+def _act(config: str, action: str, constraint: str) -> None:
     try:
-        with pool_config(state.client_config) as htcondor2:
-            htcondor2.Schedd().act(htcondor2.JobAction.Remove, f'regexp("^{root}/", Iwd)')
+        with pool_config(config) as htcondor2:
+            htcondor2.Schedd().act(getattr(htcondor2.JobAction, action), constraint,
+                                   "the test that queued it ended")
     except Exception:
-        pass
+        pass  # a pool being restarted by a fault test: the session's end looks again
+
+
+def _jobs(config: str, constraint: str) -> list[Any]:
+    with pool_config(config) as htcondor2:
+        return list(htcondor2.Schedd().query(
+            constraint=constraint,
+            projection=["ClusterId", "ProcId", "JobStatus", "Iwd", "HoldReason",
+                        "DAGManJobId", "HtcmlMap", "JobUniverse"]))
+
+
+def _our_clusters(configs: list[str]) -> dict[str, set[int] | None]:
+    """``{pool: clusters}`` of this session's jobs in each queue now (None: no answer)."""
+    constraint = _under(list(_FOLDERS))
+    out: dict[str, set[int] | None] = {}
+    for config in configs:
+        try:
+            out[config] = {int(ad["ClusterId"]) for ad in _jobs(config, constraint)}
+        except Exception:
+            out[config] = None
+    return out
+
+
+def _remove_new(before: dict[str, set[int] | None]) -> None:
+    """Remove this session's clusters queued since ``before`` (a pool that was down then
+    had none; one that did not answer is left to the session's end)."""
+    for config, clusters in _our_clusters(_pools()).items():
+        if not clusters or (config in before and before[config] is None):
+            continue
+        new = sorted(clusters - (before.get(config) or set()))
+        if new:  # the Iwd check again: a cluster id is only ever this session's job
+            _act(config, "Remove", f"({_under(list(_FOLDERS))}) && ("
+                                   + " || ".join(f"ClusterId == {i}" for i in new) + ")")
+
+
+def _uses_pool(item: pytest.Item) -> bool:
+    return item.get_closest_marker("pool") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Note the HTCML_HOME the test ran with (its monkeypatch is undone before the jobs
+    are looked at): maps made with no root go there."""
+    try:
+        return (yield)
+    finally:
+        item.stash[_HOME_AT_END] = os.environ.get("HTCML_HOME")
+
+
+def _note_home(home: str | None) -> None:
+    if not home:
+        return
+    path = os.path.realpath(home)
+    shared = {os.path.realpath(Path.home() / ".htcml"), os.path.realpath(Path.home()), "/"}
+    if path not in shared and path != os.path.realpath(_HOME_AT_START or "/"):
+        _FOLDERS.update({home, path})
+
+
+_HOME_AT_START = os.environ.get("HTCML_HOME")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_leaves_no_jobs(request: pytest.FixtureRequest,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Jobs of this session queued while the module ran (by module fixtures too) are
+    removed when it ends."""
+    base = tmp_path_factory.getbasetemp()
+    _FOLDERS.update({str(base), os.path.realpath(base)})
+    module = request.node
+    if not any(_uses_pool(i) for i in request.session.items
+               if i.getparent(pytest.Module) is module):
+        yield
+        return
+    before = _our_clusters(_pools())
+    yield
+    _remove_new(before)
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_no_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The jobs of this session that a pool test queued are removed when it ends."""
+    if not _uses_pool(request.node):
+        yield
+        return
+    before = _our_clusters(_pools())
+    yield
+    _note_home(request.node.stash.get(_HOME_AT_END, None))
+    _remove_new(before)
+
+
+def _check_queues() -> list[str]:
+    """Remove what is left of this session's jobs; those that stay, one line each."""
+    constraint = _under(list(_FOLDERS))
+    lines: list[str] = []
+    for config in _pools():
+        _act(config, "Remove", constraint)
+        deadline = time.time() + 15
+        try:
+            while (left := _jobs(config, constraint)) and time.time() < deadline:
+                time.sleep(0.5)
+            if left:  # removed, but the shadow is gone (a pool restarted under it)
+                _act(config, "RemoveX", f"({constraint}) && JobStatus == 3")
+                time.sleep(1)
+                left = _jobs(config, constraint)
+        except Exception as exc:
+            lines.append(f"{config}: could not look at the queue ({exc})")
+            continue
+        lines += [f"{config}: job {ad['ClusterId']}.{ad['ProcId']} status "
+                  f"{ad.get('JobStatus')} in {ad.get('Iwd')} "
+                  f"{ad.get('HoldReason', '') or ''}".rstrip() for ad in left]
+    return lines
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _FOLDERS and any(_uses_pool(i) for i in session.items):
+        _LEFT_BEHIND.extend(_check_queues())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _LEFT_BEHIND:
+        terminalreporter.section("jobs this session left in the queue")
+        for line in _LEFT_BEHIND:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -158,12 +322,9 @@ def iso_root(isolated_pool: PoolState) -> Iterator[Path]:
     """A folder under /tmp (seen by the submit side only) for maps on the isolated pool."""
     root = Path(tempfile.mkdtemp(prefix="htcml-isolated-", dir="/tmp"))
     root.chmod(0o755)
+    _FOLDERS.update({str(root), os.path.realpath(root)})
     yield root
-    try:
-        with pool_config(isolated_pool.client_config) as htcondor2:
-            htcondor2.Schedd().act(htcondor2.JobAction.Remove, f'regexp("^{root}/", Iwd)')
-    except Exception:
-        pass
+    _act(isolated_pool.client_config, "Remove", _under([str(root)]))
     shutil.rmtree(root, ignore_errors=True)
 
 
