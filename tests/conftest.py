@@ -7,6 +7,7 @@ marked ``@pytest.mark.pool``; ``pytest -m "not pool"`` runs the others without o
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -135,7 +136,7 @@ def _under(folders: list[str]) -> str:
         f"{classad2.quote(f + '/')})" for f in sorted(folders)) or "false"
 
 
-def _act(config: str, action: str, constraint: str) -> None:
+def _act(config: str, action: str, constraint: str | list[str]) -> None:
     try:
         with pool_config(config) as htcondor2:
             htcondor2.Schedd().act(getattr(htcondor2.JobAction, action), constraint,
@@ -252,6 +253,34 @@ def _check_queues() -> list[str]:
                   f"{ad.get('JobStatus')} in {ad.get('Iwd')} "
                   f"{ad.get('HoldReason', '') or ''}".rstrip() for ad in left]
     return lines
+
+
+#: The roots test sessions make (session_root, iso_root): a job under one that no longer
+#: exists is left over from a session that ended without removing it.
+_SESSION_ROOTS = re.compile(r"^/tmp/htcml-(?:tests|isolated)-[^/]+")
+
+
+def _remove_orphans() -> list[str]:
+    """Remove the jobs of test sessions whose folders are gone (killed before their end):
+    no running session can own them.  Returns their job ids."""
+    removed: list[str] = []
+    for config in _pools():
+        try:
+            ads = _jobs(config, 'regexp("^/tmp/htcml-(tests|isolated)-", Iwd)')
+        except Exception:
+            continue
+        gone = sorted({f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads
+                       if (m := _SESSION_ROOTS.match(str(ad.get("Iwd", ""))))
+                       and not os.path.exists(m.group())})
+        if gone:
+            _act(config, "Remove", gone)
+            removed += gone
+    return removed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(_uses_pool(i) for i in session.items):
+        _remove_orphans()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
