@@ -134,6 +134,35 @@ def test_intervals_grow_while_quiet_and_shrink_on_a_change(
                message="the thread must end once nothing is followed")
 
 
+class _Broken(_Quiet):
+    """A handle whose folder went away: every refresh raises."""
+
+    def refresh(self) -> bool:
+        super().refresh()
+        raise OSError("the map's folder is gone")
+
+
+def test_a_handle_that_fails_to_refresh_is_told_and_backed_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor, "QUICK", 0.05)
+    monkeypatch.setattr(monitor, "SLOW", 0.4)
+    mon = Monitor()
+    broken = _Broken()
+    heard: list[bool] = []
+
+    def hear(changed: bool) -> bool:
+        heard.append(changed)
+        return True
+
+    mon.watch(broken, hear, interval=0.05)
+    wait_until(lambda: len(broken.times) >= 6, timeout=20, message="too few refreshes")
+    gaps = [b - a for a, b in zip(broken.times, broken.times[1:], strict=False)]
+    assert gaps[-1] > 2 * gaps[0], gaps  # not hammered at the quick interval
+    assert heard and all(heard)  # the watcher looks for itself (a panel shows the error)
+    mon.stop()
+    assert mon.thread is None
+
+
 class _CountingBackend(CondorBackend):
     """A real CondorBackend that counts its schedd calls."""
 

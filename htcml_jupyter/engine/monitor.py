@@ -206,11 +206,12 @@ class Monitor:
         handle = entry.ref()
         if handle is None:
             return
+        failed = False
         try:
             changed = handle.refresh()
-        except Exception as exc:  # the watchers show it; the thread goes on
-            log.debug("refreshing %r failed: %s", handle, exc)
-            changed = True
+        except Exception as exc:  # the watchers show it; the thread goes on, more slowly
+            log.debug("refreshing a map failed: %s", exc)
+            changed = failed = True
         self.refreshes += 1
         del handle  # a dropped handle must not be kept alive by its visit
         with self._cond:
@@ -224,8 +225,8 @@ class Monitor:
             if keep is False:
                 self._end(w)
         with self._cond:
-            interval = entry.quick() if changed else min(entry.interval * BACKOFF,
-                                                          entry.slow())
+            interval = (entry.quick() if changed and not failed
+                        else min(entry.interval * BACKOFF, entry.slow()))
             entry.interval = interval
             if entry.due == float("inf"):  # not woken meanwhile
                 entry.due = time.monotonic() + interval
