@@ -273,7 +273,8 @@ def main() -> int:
     slots = backend.capacity(SubmitOptions.from_kwargs(dict(RESOURCES)))
     n_jobs = -(-args.items // auto_chunksize(args.items, slots))
     print(f"pool: {backend.description}; {slots} matching slots; {args.items} items in "
-          f"{n_jobs} jobs (chunksize='auto'); {args.reps} repetitions")
+          f"{n_jobs} jobs (chunksize='auto'); {args.reps} repetitions; load average "
+          f"{os.getloadavg()[0]:.2f}")
     plain = Plain(root, backend.job_uid)
     dask = None if args.no_dask else Dask(state, root, args.workers)
     first_job: list[float] = []
@@ -326,6 +327,7 @@ def main() -> int:
     target = statistics.median(ours) <= 3.0
     print(f"htc.map median {statistics.median(ours):.2f} s: "
           f"{'within' if target else 'over'} the 3 s target")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

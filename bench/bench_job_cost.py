@@ -237,8 +237,8 @@ def pool_costs(root: Path, uid: int | None, n: int, rounds: int) -> None:
     for name in names:
         med = statistics.median(seconds[name])
         received, sent = moved[name]
-        # the shadow's sent bytes are the job's input, its received bytes the output
-        print(f"  {name:<38} {med:8.2f} {med / base:6.2f} {sent / n:9.0f} {received / n:9.0f}",
+        # a terminate event's received bytes are the job's input, its sent bytes the output
+        print(f"  {name:<38} {med:8.2f} {med / base:6.2f} {received / n:9.0f} {sent / n:9.0f}",
               flush=True)
 
 

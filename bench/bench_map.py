@@ -177,7 +177,8 @@ def main() -> int:
               f"ratio {ours / base:5.2f}  (target <= {target}; mean of {rounds})", flush=True)
 
     slots = backend.capacity(SubmitOptions.from_kwargs({"request_memory": "256MB"}))
-    print(f"pool: {backend.description}; slots matching 1 CPU and 256MB: {slots}")
+    print(f"pool: {backend.description}; slots matching 1 CPU and 256MB: {slots}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     compare("100 trivial items, chunksize=1", trivial, 100, 1, 1.10, rounds=2)
     compare("100 trivial items, chunksize='auto'", trivial, 100, "auto", 0.5)
     if not args.quick:
@@ -209,7 +210,8 @@ def main() -> int:
     print(f"this process: peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     shutil.rmtree(root, ignore_errors=True)
     failed = [r for r in rows if r[2] / r[1] > r[3]]
-    print(f"{len(rows) - len(failed)} of {len(rows)} ratios within target")
+    print(f"{len(rows) - len(failed)} of {len(rows)} ratios within target; load average "
+          f"{os.getloadavg()[0]:.2f}")
     return 0
 
 
