@@ -8,7 +8,8 @@ longer and longer while nothing changes, up to :data:`SLOW` (:data:`IDLE` for a 
 nothing watches).  A panel (or anything else) follows a handle with :meth:`Monitor.watch`:
 its callback runs on the monitor thread after each refresh of that handle, and the watch
 ends when the callback returns False or :meth:`Watch.stop` is called.  The thread ends
-when no handle is registered and starts again with the next one.
+when no handle is registered (and starts again with the next one), and for good at the
+interpreter's exit; a forked child starts with an empty monitor.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ class Monitor:
         inside the bindings while the process tears them down)."""
         with self._cond:
             self._stopped = True
+            for entry in self._entries.values():
+                for w in entry.watches:
+                    w._active = False
             self._entries.clear()
             self._cond.notify_all()
             thread = self._thread
