@@ -4,6 +4,7 @@ building a handle asks the schedd nothing."""
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -247,3 +248,25 @@ def test_a_sweeps_own_watcher_runs_on_the_monitor(pool_env: str, map_root: Path)
     wait_until(lambda: not MONITOR.watches(s), timeout=10,
                message="the watcher should end once the sweep is finished")
     s.close()
+
+
+def test_a_forked_child_starts_with_an_empty_monitor_of_its_own(map_root: Path) -> None:
+    m = _local_map(map_root)
+    assert MONITOR.thread is not None  # the parent's thread follows m
+    pid = os.fork()
+    if pid == 0:  # the child: no thread came along, and nothing the parent followed
+        code = 1
+        try:
+            if MONITOR.thread is None and not MONITOR.followed():
+                quiet = _Quiet()
+                MONITOR.watch(quiet, lambda changed: True, interval=0.05)
+                deadline = time.monotonic() + 10
+                while not quiet.times and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                code = 0 if quiet.times else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert any(f is m for f in MONITOR.followed())
+    m.close()
