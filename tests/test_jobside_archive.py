@@ -117,3 +117,15 @@ def test_a_map_keeps_the_archive_it_was_made_with(tmp_path: Path) -> None:
     path.write_bytes(b"made by an earlier version")
     store.make_seed_files()  # a retry: the map's own job side stays
     assert path.read_bytes() == b"made by an earlier version"
+
+
+def test_what_htcondor_sends_back_exists_even_when_the_runner_cannot_load(
+        tmp_path: Path) -> None:
+    # HTCondor holds a job whose transfer_output_files are missing (on exit and on an
+    # eviction): the archive's entry point makes them before it loads the runner
+    broken = {"runner.py": b"raise SystemExit(7)\n", "runner.pyc": b"not byte code"}
+    box = _box(tmp_path, double, _rewritten(broken))
+    proc = _run(box)
+    assert proc.returncode == 7
+    assert (box / "outcome.pkl").exists()
+    assert (box / wire.CHECKPOINT_DIR).is_dir() and (box / wire.OUTPUTS_DIR).is_dir()

@@ -1,7 +1,7 @@
 """How the runner calls the mapped function: a set-up once per job, items one at a time
 or in batches, per-item files made local, and an output folder per call.
 
-Standard library only: shipped with every job next to ``runner.py``.  :class:`File` is
+Standard library only: shipped with every job inside ``jobside.pyz``.  :class:`File` is
 defined here so that a pickled ``htcml_jupyter.File`` loads on an execute node where the
 package is not installed.
 """

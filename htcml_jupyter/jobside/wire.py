@@ -1,7 +1,7 @@
 """What the job side and the notebook side agree on: file formats, exit codes, markers.
 
-Standard library only.  Shipped with every job next to ``runner.py`` and ``job.py``; the
-notebook side imports the same names from here, so each is defined exactly once.
+Standard library only.  Shipped with every job inside ``jobside.pyz`` (see :mod:`.archive`);
+the notebook side imports the same names from here, so each is defined exactly once.
 """
 
 from __future__ import annotations
