@@ -12,6 +12,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from htcml_jupyter.engine.payload import dump_function, dump_items
 from htcml_jupyter.engine.store import MapStore
 from htcml_jupyter.jobside import wire
@@ -129,3 +131,13 @@ def test_what_htcondor_sends_back_exists_even_when_the_runner_cannot_load(
     assert proc.returncode == 7
     assert (box / "outcome.pkl").exists()
     assert (box / wire.CHECKPOINT_DIR).is_dir() and (box / wire.OUTPUTS_DIR).is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a map folder away")
+def test_root_keeps_the_archive_when_it_gives_the_folder_to_the_job_user(
+        tmp_path: Path) -> None:
+    store = MapStore.create(tmp_path, "m", {"name": "m"})
+    store.make_seed_files()
+    store.chown(65534)  # nobody: the job user may replace files, not root's archive
+    assert store.job_side_archive.stat().st_uid == 0
+    assert store.path.stat().st_uid == 65534

@@ -43,7 +43,8 @@ from .record import MapRecord, RecordError
 
 #: The files of a map folder that root keeps as its own when it gives the folder to the
 #: pool's job user (relative paths, or their beginnings).
-ROOTS_OWN = ("map.json", "function.pkl", "policy.pkl", "optuna.pkl", "inputs/")
+ROOTS_OWN = ("map.json", "function.pkl", "policy.pkl", "optuna.pkl", "inputs/",
+             "jobside.pyz")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
