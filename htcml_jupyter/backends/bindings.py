@@ -62,6 +62,17 @@ def pool_config(config: str | None) -> Iterator[Any]:
         yield htcondor2
 
 
+@contextmanager
+def bindings_held() -> Iterator[Any]:
+    """Hold the bindings without choosing a pool: for work that reads no configuration
+    (a job event log) but must not run while another thread reloads it; yields the
+    ``htcondor2`` module."""
+    import htcondor2
+
+    with _lock:
+        yield htcondor2
+
+
 def _quoted(value: str) -> str:
     if any(c in value for c in "\n\r\0"):
         raise ValueError(f"{value!r} holds a line break or NUL, which no submit command "

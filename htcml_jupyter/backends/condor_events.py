@@ -18,6 +18,7 @@ from typing import Any
 from ..engine.state import EventKind, TaskEvent
 from ..engine.store import MapStore
 from ..jobside import wire
+from .bindings import bindings_held
 
 _EVENT_KINDS = {
     "SUBMIT": EventKind.SUBMITTED,
@@ -277,7 +278,8 @@ class CondorEventReader:
             self._inode = inode
         out: list[TaskEvent] = []
         try:
-            events = self._complete_events(htcondor2)
+            with bindings_held():  # never while another thread reloads the configuration
+                events = self._complete_events(htcondor2)
         except Exception:
             # A damaged log (truncated or corrupted by hand): keep what was read; the
             # queue check and the outcome files settle the jobs it no longer tells about.
