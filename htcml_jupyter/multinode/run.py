@@ -325,8 +325,6 @@ class TorchrunRun:
 
     def queued_jobs(self) -> list[str]:
         """Ids of the run's jobs still in the schedd's queue (asks the schedd)."""
-        from ..backends.condor import CondorBackend
-
         cluster, backend = self.cluster, self.map.backend
         if cluster is None or not isinstance(backend, CondorBackend):
             return []

@@ -241,7 +241,7 @@ class AdaptiveSweep(Sweep):
         owner = (self.store.path / STUDY_FILE).lstat().st_uid
         if owner == 0:
             return False
-        if self.backend.kind != "condor":
+        if not self.backend.can_run_watcher:
             raise folder_files.UnsafeEntry(
                 f"{self.store.path / STUDY_FILE} belongs to uid {owner}: run the search as "
                 f"that user, not as root")
@@ -380,7 +380,7 @@ def create_adaptive_sweep(function: Callable[..., Any], *, space: Mapping[str, A
     folder_files.append(m.store.path, TRIALS_FILE, "".join(
         json.dumps({"item": i, "trial": t.number, "params": p, "time": time.time()}) + "\n"
         for i, (t, p) in enumerate(zip(asked, params, strict=True))).encode())
-    if backend.kind == "condor" and watcher == "pool":
+    if backend.can_run_watcher and watcher == "pool":
         submit_watcher(m.store, backend)  # the search goes on after this process ends
     m.close()
     return AdaptiveSweep(m.store, backend)

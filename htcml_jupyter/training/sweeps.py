@@ -362,7 +362,7 @@ def create_sweep(function: Callable[..., Any], *, grid: Mapping[str, Sequence[An
                                          "function": fn_name}})
     if policy_bytes is not None:
         m.store.write_file(POLICY_FILE, policy_bytes)  # no link in the folder followed
-        if backend.kind == "condor" and watcher == "pool":
+        if backend.can_run_watcher and watcher == "pool":
             submit_watcher(m.store, backend)  # the policy outlives this process
     m.close()
     return Sweep(m.store, backend)
