@@ -233,13 +233,15 @@ def pool_costs(root: Path, uid: int | None, n: int, rounds: int) -> None:
     base = statistics.median(seconds[names[0]])
     print(f"\n{n} one-item jobs per variant, median of {rounds} (load average "
           f"{os.getloadavg()[0]:.2f}):")
-    print(f"  {'variant':<38} {'seconds':>8} {'ratio':>6} {'B in/job':>9} {'B out/job':>9}")
+    print(f"  {'variant':<38} {'seconds':>8} {'ratio':>6} {'B in/job':>9} {'B out/job':>9}"
+          f"  runs (s)")
     for name in names:
         med = statistics.median(seconds[name])
         received, sent = moved[name]
         # a terminate event's received bytes are the job's input, its sent bytes the output
-        print(f"  {name:<38} {med:8.2f} {med / base:6.2f} {received / n:9.0f} {sent / n:9.0f}",
-              flush=True)
+        runs = " ".join(f"{s:.2f}" for s in seconds[name])
+        print(f"  {name:<38} {med:8.2f} {med / base:6.2f} {received / n:9.0f} {sent / n:9.0f}"
+              f"  {runs}", flush=True)
 
 
 def _time(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
