@@ -404,8 +404,8 @@ def test_pack_on_the_project_pool(pool_env: str, map_root: Path, small_env: EnvS
     assert m.wait(timeout=240), (m.status(), m.errors, m.holds)
     results = m.results()
     assert [r[0] for r in results] == [2, 4, 6]
-    assert all("/htcml_env/" not in r[1] and r[1].endswith("cloudpickle/__init__.py")
-               for r in results)
+    assert all("/htcml_env/" not in r[1] and "/jobside.pyz/cloudpickle/__init__.py" in r[1]
+               for r in results), [r[1] for r in results]
     assert m.store.read_meta()["environment"]["kind"] == "pack"
 
 

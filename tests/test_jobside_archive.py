@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,9 @@ import pytest
 
 from htcml_jupyter.engine.payload import dump_function, dump_items
 from htcml_jupyter.engine.store import MapStore
-from htcml_jupyter.jobside import wire
+from htcml_jupyter.jobside import torchrun_launch, wire
 from htcml_jupyter.jobside.archive import ARCHIVE_NAME, MODULES, archive_bytes
+from htcml_jupyter.multinode.submit import launcher_files
 
 
 def double(x: int) -> int:
@@ -141,3 +143,22 @@ def test_root_keeps_the_archive_when_it_gives_the_folder_to_the_job_user(
     store.chown(65534)  # nobody: the job user may replace files, not root's archive
     assert store.job_side_archive.stat().st_uid == 0
     assert store.path.stat().st_uid == 65534
+
+
+def answer() -> int:
+    return 42
+
+
+def test_a_module_shipped_beside_the_archive_belongs_to_the_job_side(tmp_path: Path) -> None:
+    """Where htcml_jupyter is not installed (a packed environment, an image), a pickled
+    function may name a job-side module that travels beside the archive: a torchrun
+    run's ``RankCall`` lives in ``torchrun_launch.py``."""
+    box = _box(tmp_path, torchrun_launch.RankCall(answer))
+    for launcher_file in launcher_files():  # what a run's nodes get beside the archive
+        shutil.copy(launcher_file, box)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-S", ARCHIVE_NAME, "function.pkl", "task-0.pkl",
+                           "outcome.pkl"], cwd=box, env=env, capture_output=True, text=True,
+                          timeout=60)  # -S: no site-packages, so no installed htcml_jupyter
+    assert proc.returncode == wire.EXIT_OK, proc.stderr
+    assert [pickle.loads(r["value"]) for r in _records(box)] == [42, 42]  # type: ignore[arg-type]

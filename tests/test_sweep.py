@@ -78,8 +78,8 @@ def test_reports_arrive_while_the_job_runs(pool_env: str, map_root: Path) -> Non
 
     m = htc.map(slow_reporter, [1, 2], root=map_root, chunksize=1)
     try:
-        wait_until(lambda: len(m.reports(1)) >= 3, timeout=120, interval=0.2,
-                   message="item 1 should report three steps")
+        wait_until(lambda: len(m.reports(0)) >= 3 and len(m.reports(1)) >= 3, timeout=120,
+                   interval=0.2, message="items 0 and 1 should each report three steps")
         assert [r["value"] for r in m.reports(1)] == [20, 21, 22]
         assert [r["step"] for r in m.reports(0)] == [0, 1, 2]
         assert m.status()["running"] == 2  # seen while the jobs still run

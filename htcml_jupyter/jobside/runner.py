@@ -127,7 +127,9 @@ def _install_job_api_fallback() -> None:
     package = types.ModuleType("htcml_jupyter", "job-side API of htcml_jupyter")
     package.__path__ = []
     jobside = types.ModuleType("htcml_jupyter.jobside", "modules shipped with each job")
-    jobside.__path__ = [here]
+    # The job side travels as one archive; what a launcher ships beside it (the torchrun
+    # modules a run's pickled function names) is found in the folder that holds it.
+    jobside.__path__ = [here, os.path.dirname(here)] if here.endswith(".pyz") else [here]
     sys.modules["htcml_jupyter"] = package
     sys.modules["htcml_jupyter.jobside"] = jobside
     package.jobside = jobside  # type: ignore[attr-defined]
