@@ -279,12 +279,6 @@ class MapRecord:
         found = (self.environment or {}).get("interpreter")
         return str(found) if found else None
 
-    @property
-    def cloudpickle(self) -> str | None:
-        """The cloudpickle folder jobs receive, recorded at the first submission."""
-        found = (self.environment or {}).get("cloudpickle")
-        return str(found) if found else None
-
 
 def _infer_kind(data: Mapping[str, Any]) -> str:
     """The kind of a schema-0 record, from the part it holds (as that code decided)."""

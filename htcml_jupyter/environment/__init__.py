@@ -125,8 +125,7 @@ def _record(decision: Decision, store: MapStore, options: SubmitOptions,
             common: bool) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": decision.kind, "reason": decision.reason,
                               "archive": decision.archive, "size": None,
-                              "pack_seconds": None, "cached": None,
-                              "cloudpickle": cloudpickle_folder()}
+                              "pack_seconds": None, "cached": None}
     if decision.kind == "shared":
         record["interpreter"] = default_launch(options).executable
     if decision.kind == "pack":
@@ -158,8 +157,7 @@ def _common_files(pool: PoolFacts) -> bool:
 def _still_there(record: dict[str, Any]) -> dict[str, Any]:
     """The map's recorded environment, when its interpreter and archive still exist
     here; a clear error when not (never a new pack of whichever process retries)."""
-    for key, what in (("interpreter", "interpreter"), ("cloudpickle", "cloudpickle"),
-                      ("archive", "packed environment")):
+    for key, what in (("interpreter", "interpreter"), ("archive", "packed environment")):
         path = record.get(key)
         if (key != "archive" or record.get("kind") in ("pack", "archive")) and \
                 isinstance(path, str) and not is_url(path) and os.path.isabs(path) and \
@@ -174,12 +172,9 @@ def _still_there(record: dict[str, Any]) -> dict[str, Any]:
 def _launch(record: dict[str, Any], options: SubmitOptions) -> JobLaunch:
     launch = launch_for(record["kind"], options, record.get("archive"),
                         common_files=record.get("route") == ROUTE_COMMON)
-    # The interpreter and cloudpickle recorded at the first submission, not this
-    # process's own: a retry from the sidebar's server runs the map's environment.
-    here = cloudpickle_folder()
-    pickler = str(record.get("cloudpickle") or here)
-    launch = replace(launch, input_files=tuple(pickler if f == here else f
-                                               for f in launch.input_files))
+    # The interpreter recorded at the first submission, not this process's own: a retry
+    # from the sidebar's server runs the map's environment (and the cloudpickle in the
+    # jobside.pyz the map's folder keeps).
     if record["kind"] == "shared" and record.get("interpreter"):
         launch = replace(launch, executable=str(record["interpreter"]))
     disk = _disk_kb(record)
