@@ -136,15 +136,18 @@ def test_input_file_that_breaks_the_description_is_refused(tmp_path: Path) -> No
         submit_description(_store(tmp_path / "maps"), options, batch_name=BATCH)
 
 
-def test_a_job_receives_one_job_side_file_and_makes_what_comes_back(tmp_path: Path) -> None:
+def test_a_job_receives_one_job_side_file_and_what_an_eviction_sends_back(
+        tmp_path: Path) -> None:
     store = _store(tmp_path)
     commands = submit_description(store, SubmitOptions.from_kwargs({}), batch_name=BATCH)
     sent = [p.strip() for p in commands["transfer_input_files"].split(",")]
-    # the job side as one archive, the function, the job's items: nothing else
-    assert sent == [str(store.job_side_archive), str(store.function_file),
-                    "inputs/task-$(task).pkl$(files)"]
+    # the job side as one archive, the seed outcome and folders, the function, the
+    # job's items: nothing else
+    assert sent == [str(store.job_side_archive), *(str(p) for p in store.seed_files()),
+                    str(store.function_file), "inputs/task-$(task).pkl$(files)"]
     assert commands["arguments"] == f"{ARCHIVE_NAME} function.pkl task-$(task).pkl outcome.pkl"
-    # what comes back is made by the job itself, not sent empty
-    assert commands["transfer_output_files"] == (f"outcome.pkl, {wire.CHECKPOINT_DIR}, "
-                                                 f"{wire.OUTPUTS_DIR}")
-    assert not any("seed" in p for p in sent)
+    # every file HTCondor sends back exists from the start: a job evicted before its
+    # interpreter ran is requeued, not held for a missing output file
+    back = [f.strip() for f in commands["transfer_output_files"].split(",")]
+    assert back == ["outcome.pkl", wire.CHECKPOINT_DIR, wire.OUTPUTS_DIR]
+    assert [p.name for p in store.seed_files()] == back

@@ -25,8 +25,9 @@ from ..jobside.archive import ARCHIVE_NAME
 def job_side_files(store: MapStore) -> list[str]:
     """The files every job needs besides its payload: the job side as one archive in the
     map's folder (runner, job-side API, HTCondor's chirp client and cloudpickle; see
-    :mod:`~htcml_jupyter.jobside.archive`), written when the map's jobs are."""
-    return [str(store.job_side_archive)]
+    :mod:`~htcml_jupyter.jobside.archive`), written when the map's jobs are, and the
+    seed files (:meth:`MapStore.seed_files`) an eviction before it starts sends back."""
+    return [str(store.job_side_archive), *(str(p) for p in store.seed_files())]
 
 
 def _checked_path(path: str) -> str:
@@ -79,7 +80,8 @@ def submit_description(store: MapStore, options: SubmitOptions, *, batch_name: s
         # On an eviction the outcome so far and the saved checkpoints go to the schedd's
         # spool and come back with the restarted job, which resumes from the last save
         # and skips finished items.  HTCondor holds a job when one of these is missing:
-        # the job side makes all three before anything else (jobside.pyz's __main__).
+        # all three come with the job (the seed files), so even a job evicted before
+        # its interpreter started has them.
         "when_to_transfer_output": "ON_EXIT_OR_EVICT",
         # what the function wrote under output_dir() comes back as one folder per job
         "transfer_output_files": f"outcome.pkl, {wire.CHECKPOINT_DIR}, {wire.OUTPUTS_DIR}",

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobside.archive import ARCHIVE_NAME, archive_bytes
+from ..jobside.wire import CHECKPOINT_DIR, OUTPUTS_DIR
 from . import folder_files
 from .errors import MapNotFound
 from .record import MapRecord, RecordError
@@ -277,11 +278,22 @@ class MapStore:
         job receives and runs (:meth:`make_seed_files` writes it)."""
         return self.path / ARCHIVE_NAME
 
+    def seed_files(self) -> list[Path]:
+        """An empty outcome file, checkpoint folder and output-files folder that every
+        job starts with, so that HTCondor always finds all three when it sends a job's
+        files back on an eviction, even one before the job side started (HTCondor holds
+        a job whose output files are missing; :meth:`make_seed_files` creates them)."""
+        seed = self.path / "seed"
+        return [seed / "outcome.pkl", seed / CHECKPOINT_DIR, seed / OUTPUTS_DIR]
+
     def make_seed_files(self) -> None:
         """Write the :attr:`job_side_archive` every job starts from, once: like
         ``function.pkl`` it stays what the map was made with (its cloudpickle unpickles
         the function), whichever process retries (older maps get it at their next
-        retry).  Jobs make their outcome placeholder and checkpoint folder themselves."""
+        retry); and the :meth:`seed_files`."""
+        folder_files.make_folder(self.path, f"seed/{CHECKPOINT_DIR}")
+        folder_files.make_folder(self.path, f"seed/{OUTPUTS_DIR}")
+        folder_files.append(self.path, "seed/outcome.pkl", b"")
         try:
             folder_files.read_own(self.path, ARCHIVE_NAME)
             return
